@@ -1,0 +1,52 @@
+"""virt-launcher: thin entry point."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+import structlog
+import uvloop
+
+from launcher import flags, logs
+from launcher.exitcodes import ExitCode
+from launcher.paths import derive
+from launcher.setup import SetupError, prepare
+from launcher.supervisor import Launcher
+
+
+def main() -> None:
+    sys.exit(run(sys.argv[1:]))
+
+
+def run(argv: list[str]) -> int:
+    try:
+        opts = flags.parse(argv, prog="virt-launcher")
+    except flags.FlagError as exc:
+        logs.configure("virt-launcher")
+        structlog.get_logger().error("invalid command line", error=str(exc))
+        return ExitCode.USAGE
+    logs.configure("virt-launcher", opts.verbosity)
+    log = structlog.get_logger()
+    if opts.simulate_crash:
+        log.error("simulated crash (--simulate-crash)")
+        return ExitCode.SIMULATED_CRASH
+    paths = derive(opts)
+    if opts.run_as_nonroot and os.geteuid() == 0:
+        log.warning("--run-as-nonroot given but running as root; the daemons run as root "
+                    "in session mode")
+    try:
+        prepare(opts, paths)
+    except SetupError as exc:
+        log.error("setup failed", error=str(exc))
+        return ExitCode.SETUP_FAILED
+    log.info("starting", runtime_root=paths.root, daemon=opts.libvirt_daemon,
+             mode="session" if opts.run_as_nonroot else "system", uri=paths.uri,
+             pid=os.getpid())
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return int(runner.run(Launcher(opts, paths).run()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+"""Every filesystem path the launcher uses, derived from the flags and the runtime root.
+
+Pure (standard library only) so the monitor can find QEMU's logs and pid files too. With
+runtime root "/" the paths are exactly KubeVirt's; with any other root each absolute path
+is re-rooted under it, so several launchers can run side by side.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from launcher.flags import Options
+
+VIRTLOGD = "virtlogd"
+
+
+def reroot(root: str, path: str) -> str:
+    """`path` (absolute) as seen under `root`."""
+    if root == "/":
+        return os.path.normpath(path)
+    return os.path.normpath(os.path.join(root, path.lstrip("/")))
+
+
+def daemon_name(binary: str) -> str:
+    """'virtqemud' or 'libvirtd': the socket, config and pid file names follow it."""
+    return os.path.basename(binary)
+
+
+@dataclass(frozen=True)
+class Paths:
+    root: str
+    nonroot: bool
+    daemon: str  # basename of the libvirt daemon binary
+    domain: str  # <namespace>_<name>
+    uid: str
+    share_dir: str
+    ephemeral_disk_dir: str
+    container_disk_dir: str
+    hotplug_disk_dir: str
+
+    # --- KubeVirt's shared and private directories -------------------------------------
+    @property
+    def sockets_dir(self) -> str:
+        return os.path.join(self.share_dir, "sockets")
+
+    @property
+    def cmd_init_socket(self) -> str:
+        return os.path.join(self.sockets_dir, "launcher-init-sock")
+
+    @property
+    def cmd_socket(self) -> str:
+        return os.path.join(self.sockets_dir, "launcher-sock")
+
+    @property
+    def notify_socket(self) -> str:
+        return os.path.join(self.share_dir, "domain-notify-pipe.sock")
+
+    @property
+    def private_dir(self) -> str:
+        return reroot(self.root, "/var/run/kubevirt-private")
+
+    @property
+    def vmi_private_dir(self) -> str:
+        return os.path.join(self.private_dir, self.uid or "unknown-uid")
+
+    # --- libvirt ----------------------------------------------------------------------
+    @property
+    def run_dir(self) -> str:
+        """/run (the launcher links <root>/var/run to it, as Debian does)."""
+        return reroot(self.root, "/run")
+
+    @property
+    def libvirt_run_dir(self) -> str:
+        """Sockets and (root) daemon configs: /var/run/libvirt."""
+        return reroot(self.root, "/var/run/libvirt")
+
+    @property
+    def libvirt_home(self) -> str:
+        """Non-root: XDG_CONFIG_HOME/XDG_CACHE_HOME (KubeVirt's /var/run/kubevirt-private)."""
+        return self.private_dir
+
+    @property
+    def xdg_env(self) -> dict[str, str]:
+        """Session-mode environment for both daemons: KubeVirt points the XDG dirs at the
+        private dir and /var/run, which makes the session daemon's socket land in
+        /var/run/libvirt and QEMU's pid files in /var/run/libvirt/qemu/run."""
+        if not self.nonroot:
+            return {}
+        return {
+            "XDG_RUNTIME_DIR": reroot(self.root, "/var/run"),
+            "XDG_CONFIG_HOME": self.libvirt_home,
+            "XDG_CACHE_HOME": self.libvirt_home,
+            "HOME": self.libvirt_home,
+        }
+
+    @property
+    def conf_dir(self) -> str:
+        """Where the launcher writes the daemons' own config files."""
+        if self.nonroot:
+            return os.path.join(self.libvirt_home, "libvirt")
+        return self.libvirt_run_dir
+
+    @property
+    def daemon_conf(self) -> str:
+        return os.path.join(self.conf_dir, f"{self.daemon}.conf")
+
+    @property
+    def virtlogd_conf(self) -> str:
+        return os.path.join(self.conf_dir, f"{VIRTLOGD}.conf")
+
+    @property
+    def qemu_conf(self) -> str:
+        # system mode reads /etc/libvirt/qemu.conf (fixed); session mode reads
+        # $XDG_CONFIG_HOME/libvirt/qemu.conf
+        if self.nonroot:
+            return os.path.join(self.libvirt_home, "libvirt", "qemu.conf")
+        return reroot(self.root, "/etc/libvirt/qemu.conf")
+
+    @property
+    def daemon_socket(self) -> str:
+        sock = "libvirt-sock" if self.daemon == "libvirtd" else f"{self.daemon}-sock"
+        return os.path.join(self.libvirt_run_dir, sock)
+
+    @property
+    def daemon_pidfile(self) -> str:
+        return os.path.join(self.libvirt_run_dir, f"{self.daemon}.pid")
+
+    @property
+    def virtlogd_socket(self) -> str:
+        return os.path.join(self.libvirt_run_dir, "virtlogd-sock")
+
+    @property
+    def virtlogd_pidfile(self) -> str:
+        return os.path.join(self.libvirt_run_dir, f"{VIRTLOGD}.pid")
+
+    def stale_sockets(self, daemon: str) -> list[str]:
+        """Socket files a daemon leaves behind when killed (they refuse the next connect)."""
+        d = self.libvirt_run_dir
+        if daemon == VIRTLOGD:
+            return [os.path.join(d, n) for n in ("virtlogd-sock", "virtlogd-admin-sock")]
+        if daemon == "libvirtd":
+            names = ("libvirt-sock", "libvirt-sock-ro", "libvirt-admin-sock")
+        else:
+            names = (f"{daemon}-sock", f"{daemon}-sock-ro", f"{daemon}-admin-sock")
+        return [os.path.join(d, n) for n in names]
+
+    @property
+    def uri(self) -> str:
+        mode = "session" if self.nonroot else "system"
+        if self.root == "/" and not self.nonroot:
+            return "qemu:///system"
+        return f"qemu+unix:///{mode}?socket={self.daemon_socket}"
+
+    @property
+    def qemu_pid_dir(self) -> str:
+        if self.nonroot:
+            return reroot(self.root, "/var/run/libvirt/qemu/run")
+        return reroot(self.root, "/run/libvirt/qemu")
+
+    @property
+    def qemu_pidfile(self) -> str:
+        return os.path.join(self.qemu_pid_dir, f"{self.domain}.pid")
+
+    @property
+    def qemu_log_dir(self) -> str:
+        if self.nonroot:
+            return os.path.join(self.libvirt_home, "libvirt", "qemu", "log")
+        return reroot(self.root, "/var/log/libvirt/qemu")
+
+    def namespace_binds(self) -> list[tuple[str, str]]:
+        """(source, target) bind mounts that give a system-mode daemon under a non-/ runtime
+        root its fixed paths (/run/libvirt, /etc/libvirt, ...) inside a private mount
+        namespace. Empty when the root is / or in session mode (XDG dirs do the job)."""
+        if self.root == "/" or self.nonroot:
+            return []
+        targets = ("/run/libvirt", "/etc/libvirt", "/var/lib/libvirt", "/var/cache/libvirt",
+                   "/var/log/libvirt")
+        return [(reroot(self.root, t), t) for t in targets]
+
+    def dirs_to_create(self) -> list[str]:
+        dirs = [self.share_dir, self.sockets_dir, self.private_dir, self.vmi_private_dir,
+                self.ephemeral_disk_dir, self.container_disk_dir, self.hotplug_disk_dir,
+                self.run_dir, self.libvirt_run_dir, self.conf_dir,
+                os.path.dirname(self.qemu_conf), self.qemu_log_dir]
+        dirs += [src for src, _ in self.namespace_binds()]
+        return dirs
+
+
+def derive(opts: Options) -> Paths:
+    root = opts.runtime_root
+    return Paths(
+        root=root,
+        nonroot=opts.run_as_nonroot,
+        daemon=daemon_name(opts.libvirt_daemon),
+        domain=opts.domain_name,
+        uid=opts.uid,
+        share_dir=reroot(root, opts.kubevirt_share_dir),
+        ephemeral_disk_dir=reroot(root, opts.ephemeral_disk_dir),
+        container_disk_dir=reroot(root, opts.container_disk_dir),
+        hotplug_disk_dir=reroot(root, opts.hotplug_disk_dir),
+    )
