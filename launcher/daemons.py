@@ -47,6 +47,7 @@ class DaemonFailed(Exception):
 @dataclass(frozen=True)
 class DaemonSpec:
     name: str
+    binary: str  # the daemon itself (argv may wrap it in a namespace helper)
     argv: list[str]
     socket: str  # ready when this accepts a connection
     env: dict[str, str] = field(default_factory=dict)
@@ -78,6 +79,7 @@ def specs(opts: Options, paths: Paths) -> tuple[DaemonSpec, DaemonSpec]:
     binds = paths.namespace_binds()
     virtlogd = DaemonSpec(
         name=VIRTLOGD,
+        binary=opts.virtlogd,
         argv=namespace_wrapper(binds, [opts.virtlogd, "-f", paths.virtlogd_conf,
                                        "-p", paths.virtlogd_pidfile]),
         socket=paths.virtlogd_socket,
@@ -90,12 +92,21 @@ def specs(opts: Options, paths: Paths) -> tuple[DaemonSpec, DaemonSpec]:
         daemon_argv += ["--no-admin-srv", "--no-ro-srv"]
     libvirt_daemon = DaemonSpec(
         name=paths.daemon,
+        binary=opts.libvirt_daemon,
         argv=namespace_wrapper(binds, daemon_argv),
         socket=paths.daemon_socket,
         env=env,
         stale_files=paths.stale_sockets(paths.daemon),
     )
     return virtlogd, libvirt_daemon
+
+
+def exec_problem(binary: str) -> str | None:
+    """Why `binary` cannot be executed, or None. (A stat of a local file: not worth a
+    thread hop.)"""
+    if os.access(binary, os.X_OK):
+        return None
+    return "not executable" if os.path.exists(binary) else "no such file"
 
 
 async def socket_accepts(path: str) -> bool:
@@ -153,6 +164,13 @@ class SupervisedDaemon:
     async def _run_once(self) -> tuple[bool, str]:
         self._remove_stale()
         self.starts += 1
+        problem = exec_problem(self.spec.binary)
+        if problem is not None:
+            # Checked here because a wrapper (unshare/sh) would report it less clearly.
+            line = f"cannot execute {self.spec.binary}: {problem}"
+            self.last_lines.append(line)
+            self._log.error("daemon failed to start", error=line)
+            return False, "exec-failed"
         try:
             proc = await asyncio.create_subprocess_exec(
                 *self.spec.argv,

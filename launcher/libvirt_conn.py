@@ -59,8 +59,11 @@ ReconnectHook = Callable[[Any], Awaitable[None]]
 
 
 class Connection:
-    def __init__(self, uri: str, executor: ThreadPoolExecutor) -> None:
+    def __init__(self, uri: str, executor: ThreadPoolExecutor,
+                 daemon_ready: Callable[[], Awaitable[object]] | None = None) -> None:
         self.uri = uri
+        # Reconnect as soon as the supervisor reports the daemon back, instead of polling.
+        self._daemon_ready = daemon_ready
         self._executor = executor
         self._conn: Any = None
         self._closed = asyncio.Event()
@@ -134,6 +137,8 @@ class Connection:
             await self._closed.wait()
             if self.stopping:
                 return
+            if self._daemon_ready is not None:
+                await self._daemon_ready()
             try:
                 conn = await self.connect(timeout_s=CONNECT_TIMEOUT_S)
             except LibvirtUnreachable as exc:

@@ -24,8 +24,16 @@ def verbosity_to_level(verbosity: int) -> int:
 def configure(component: str, verbosity: int = 2) -> None:
     global _configured
     level = verbosity_to_level(verbosity)
+
+    def add_component(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+        # Not a contextvar: callbacks handed over from libvirt's thread (call_soon_threadsafe)
+        # run in an empty context, and every line must still say who wrote it.
+        event.setdefault("component", component)
+        return event
+
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        add_component,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
@@ -41,7 +49,6 @@ def configure(component: str, verbosity: int = 2) -> None:
         cache_logger_on_first_use=False,
     )
     structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(component=component)
 
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(

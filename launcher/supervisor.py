@@ -56,7 +56,8 @@ class Launcher:
         self._exit_code = ExitCode.OK
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="libvirt-call")
         self.daemons = DaemonSet(opts, paths)
-        self.conn = Connection(paths.uri, self._executor)
+        self.conn = Connection(paths.uri, self._executor,
+                               daemon_ready=self.daemons.libvirt.ready.wait)
         self._log = structlog.get_logger().bind(domain=opts.domain_name)
 
     def _on_signal(self, sig: signal.Signals) -> None:
