@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from launcher.durations import DurationError, parse_duration
 
@@ -30,8 +29,9 @@ BOOL_FLAGS = (
 MONITOR_ONLY_FLAGS = ("keep-after-failure", "launcher-binary")
 
 
-@dataclass(frozen=True)
-class Options:
+class Options(NamedTuple):
+    # A NamedTuple, not a dataclass: the monitor imports this module, and dataclasses
+    # (with inspect/ast) costs it over a MiB of RSS.
     qemu_timeout_s: float
     name: str
     uid: str
@@ -103,13 +103,13 @@ def _parse_bool(flag: str, text: str) -> bool:
 def default_libvirt_daemon() -> str:
     """virtqemud where the distribution ships it (KubeVirt's images), else the monolithic
     libvirtd (Debian ships no split daemons): same QEMU driver, same RPC."""
+    directories = ["/usr/sbin", "/usr/bin", "/usr/local/sbin", *os.get_exec_path()]
     for candidate in ("virtqemud", "libvirtd"):
-        for directory in ("/usr/sbin", "/usr/bin", "/usr/local/sbin"):
+        for directory in directories:
             path = os.path.join(directory, candidate)
             if os.access(path, os.X_OK):
                 return path
-    found = shutil.which("virtqemud") or shutil.which("libvirtd")
-    return found or "/usr/sbin/virtqemud"
+    return "/usr/sbin/virtqemud"
 
 
 class _Parser(argparse.ArgumentParser):

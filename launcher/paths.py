@@ -8,7 +8,7 @@ is re-rooted under it, so several launchers can run side by side.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from launcher.flags import Options
 
@@ -27,8 +27,7 @@ def daemon_name(binary: str) -> str:
     return os.path.basename(binary)
 
 
-@dataclass(frozen=True)
-class Paths:
+class Paths(NamedTuple):
     root: str
     nonroot: bool
     daemon: str  # basename of the libvirt daemon binary
