@@ -6,6 +6,10 @@ import asyncio
 import os
 import sys
 
+# gRPC core prints its own unstructured lines ("Got goaway", ...) to stderr unless told
+# otherwise; it reads this when first imported, so before anything imports grpc.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 import structlog
 import uvloop
 
@@ -36,6 +40,9 @@ def run(argv: list[str]) -> int:
     if opts.run_as_nonroot and os.geteuid() == 0:
         log.warning("--run-as-nonroot given but running as root; the daemons run as root "
                     "in session mode")
+    # Everything the launcher creates (sockets, configs, logs) is private unless made
+    # otherwise on purpose (KubeVirt runs with umask 0).
+    os.umask(0o077)
     try:
         prepare(opts, paths)
     except SetupError as exc:

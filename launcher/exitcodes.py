@@ -14,3 +14,4 @@ class ExitCode(IntEnum):
     DAEMON_FAILED = 10  # a libvirt daemon or virtlogd kept failing to start/stay up
     LIBVIRT_UNREACHABLE = 11  # the daemon is up but libvirt could not be connected to
     SETUP_FAILED = 12  # directories or config files could not be written
+    QEMU_TIMEOUT = 13  # no domain / no QEMU within --qemu-timeout (diagnosis logged)

@@ -10,6 +10,7 @@ blocking libvirt call runs in the executor, never on the asyncio loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -112,7 +113,12 @@ class Connection:
 
     def _arm(self, conn: Any, loop: asyncio.AbstractEventLoop) -> None:
         # Runs in the executor: keepalive lets a hung daemon be noticed, not just a dead one.
-        conn.setKeepAlive(KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT)
+        # Local drivers (test:///, embed) have no keepalive; that is not an error.
+        try:
+            conn.setKeepAlive(KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
+                raise
 
         def closed(_conn: Any, reason: int, _opaque: Any) -> None:
             # libvirt's event thread: hand off only.
@@ -146,6 +152,16 @@ class Connection:
                 continue
             for hook in self._on_reconnect:
                 await hook(conn)
+
+    async def reset(self) -> None:
+        """Drop the current connection and go through the reconnect path (hooks included),
+        as when the daemon goes away. Local drivers never report a closed connection."""
+        conn = self._conn
+        if conn is None:
+            return
+        self._on_closed(conn, libvirt.VIR_CONNECT_CLOSE_REASON_CLIENT)
+        with contextlib.suppress(libvirt.libvirtError):
+            await self.call(conn.close)
 
     @property
     def stopping(self) -> bool:

@@ -64,10 +64,14 @@ class Paths(NamedTuple):
         return os.path.join(self.private_dir, self.uid or "unknown-uid")
 
     # --- libvirt ----------------------------------------------------------------------
-    @property
-    def run_dir(self) -> str:
-        """/run (the launcher links <root>/var/run to it, as Debian does)."""
-        return reroot(self.root, "/run")
+    def _run(self, sub: str) -> str:
+        """A path under /run. On a real root /var/run is the distribution's symlink to /run
+        and KubeVirt's spellings are kept; under a runtime root, <root>/var/run is the one
+        run directory (virt-handler, or a test, may have created it already as a plain
+        directory, so no symlink is relied upon)."""
+        if self.root == "/":
+            return os.path.join("/run", sub)
+        return reroot(self.root, os.path.join("/var/run", sub))
 
     @property
     def libvirt_run_dir(self) -> str:
@@ -155,7 +159,7 @@ class Paths(NamedTuple):
     def qemu_pid_dir(self) -> str:
         if self.nonroot:
             return reroot(self.root, "/var/run/libvirt/qemu/run")
-        return reroot(self.root, "/run/libvirt/qemu")
+        return self._run("libvirt/qemu")
 
     @property
     def qemu_pidfile(self) -> str:
@@ -173,14 +177,14 @@ class Paths(NamedTuple):
         namespace. Empty when the root is / or in session mode (XDG dirs do the job)."""
         if self.root == "/" or self.nonroot:
             return []
-        targets = ("/run/libvirt", "/etc/libvirt", "/var/lib/libvirt", "/var/cache/libvirt",
-                   "/var/log/libvirt")
-        return [(reroot(self.root, t), t) for t in targets]
+        binds = [(self.libvirt_run_dir, "/run/libvirt")]
+        targets = ("/etc/libvirt", "/var/lib/libvirt", "/var/cache/libvirt", "/var/log/libvirt")
+        return binds + [(reroot(self.root, t), t) for t in targets]
 
     def dirs_to_create(self) -> list[str]:
         dirs = [self.share_dir, self.sockets_dir, self.private_dir, self.vmi_private_dir,
                 self.ephemeral_disk_dir, self.container_disk_dir, self.hotplug_disk_dir,
-                self.run_dir, self.libvirt_run_dir, self.conf_dir,
+                self.libvirt_run_dir, self.conf_dir,
                 os.path.dirname(self.qemu_conf), self.qemu_log_dir]
         dirs += [src for src, _ in self.namespace_binds()]
         return dirs

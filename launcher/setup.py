@@ -6,7 +6,7 @@ import os
 
 from launcher import libvirt_config
 from launcher.flags import Options
-from launcher.paths import Paths, reroot
+from launcher.paths import Paths
 
 
 class SetupError(Exception):
@@ -15,15 +15,6 @@ class SetupError(Exception):
 
 def prepare(opts: Options, paths: Paths) -> None:
     try:
-        if paths.root != "/":
-            # Debian's /var/run is a symlink to /run; mirror it so /var/run/libvirt and
-            # /run/libvirt are one directory under the runtime root too.
-            var = reroot(paths.root, "/var")
-            os.makedirs(var, exist_ok=True)
-            os.makedirs(paths.run_dir, exist_ok=True)
-            var_run = os.path.join(var, "run")
-            if not os.path.lexists(var_run):
-                os.symlink("../run", var_run)
         for d in paths.dirs_to_create():
             os.makedirs(d, mode=0o755, exist_ok=True)
         # The private dir holds the session daemon's config and cache.

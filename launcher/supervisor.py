@@ -1,30 +1,50 @@
 r"""The launcher's top level: one TaskGroup owns every task; shutdown is a state machine
 with deadlines.
 
-    STARTING -> RUNNING -> STOPPING -> STOPPED
-        \_____ a signal at any point goes to STOPPING ____/
+  STARTING --daemons, libvirt, notify relay, cmd server--> WAITING (for the domain + QEMU)
+  WAITING --QEMU pid found--> RUNNING --QEMU exits--> FINAL_NOTIFY --> STOPPING --> STOPPED
+  any signal: WAITING/STARTING --> STOPPING;  RUNNING --> GRACEFUL --grace expires or a
+  second signal--> FORCED (destroy; SIGTERM/SIGKILL of QEMU if destroy fails) --> FINAL_NOTIFY
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
+import os
 import signal
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+import grpc
+import libvirt
 import structlog
 
+from launcher import qemu_watch
+from launcher._proto.kubevirt.cmd.v1 import cmd_pb2
+from launcher.cmd_server import CmdServer, Handler
 from launcher.daemons import DaemonFailed, DaemonSet
+from launcher.domain_state import Lifecycle
+from launcher.events import LIFECYCLE, DomainEvent
 from launcher.exitcodes import ExitCode
 from launcher.flags import Options
 from launcher.libvirt_conn import Connection, LibvirtUnreachable
+from launcher.notifier import Notifier
 from launcher.paths import Paths
+from launcher.relay import ALIVE_STATES, DomainRelay
 
 SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP)
 # Every daemon goes through the ladder (5 s TERM + 2 s KILL); two daemons, plus margin.
 DAEMON_STOP_DEADLINE_S = 20.0
-
+DOMAIN_POLL_S = 1.0  # besides every libvirt event
+ACPI_RESEND_S = 5.0  # a power-button press during early boot is lost; press again
+DESTROY_TIMEOUT_S = 15.0
+QEMU_SIGNAL_WAIT_S = 5.0
+LIBVIRT_CATCH_UP_S = 5.0  # after QEMU exits, for libvirt to report the final state
+FINAL_NOTIFY_TIMEOUT_S = 10.0
+QEMU_LOG_TAIL = 10
 
 E = TypeVar("E", bound=BaseException)
 
@@ -33,15 +53,26 @@ def _first(group: BaseExceptionGroup[Any], kind: type[E]) -> E:
     """The first leaf exception of `kind` in a (possibly nested) exception group."""
     for exc in group.exceptions:
         if isinstance(exc, BaseExceptionGroup):
-            return _first(exc, kind)
-        if isinstance(exc, kind):
+            with contextlib.suppress(LookupError):
+                return _first(exc, kind)
+        elif isinstance(exc, kind):
             return exc
     raise LookupError(kind)
 
 
+class QemuTimeout(Exception):
+    def __init__(self, diagnosis: dict[str, Any]) -> None:
+        self.diagnosis = diagnosis
+        super().__init__(diagnosis["error"])
+
+
 class State(enum.Enum):
     STARTING = "starting"
+    WAITING = "waiting-for-domain"
     RUNNING = "running"
+    GRACEFUL = "graceful-shutdown"
+    FORCED = "forced-shutdown"
+    FINAL_NOTIFY = "final-notify"
     STOPPING = "stopping"
     STOPPED = "stopped"
 
@@ -52,19 +83,39 @@ class Launcher:
         self.paths = paths
         self.state = State.STARTING
         self.signals: list[signal.Signals] = []
+        self._signalled = asyncio.Event()  # re-armed after each signal is consumed
         self._shutdown = asyncio.Event()
         self._exit_code = ExitCode.OK
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="libvirt-call")
         self.daemons = DaemonSet(opts, paths)
         self.conn = Connection(paths.uri, self._executor,
                                daemon_ready=self.daemons.libvirt.ready.wait)
+        self.notifier = Notifier(paths.notify_socket)
+        self.relay = DomainRelay(conn=self.conn, notifier=self.notifier,
+                                 domain=opts.domain_name, name=opts.name,
+                                 namespace=opts.namespace, uid=opts.uid)
+        self.relay.listeners.append(self._on_domain_event)
+        self.conn.on_reconnect(self.relay.attach)
+        self.cmd_server = CmdServer(init_socket=paths.cmd_init_socket,
+                                    ready_socket=paths.cmd_socket,
+                                    nonroot=opts.run_as_nonroot, handlers=self._handlers())
+        self.qemu_pid: int | None = None
+        self._guest_shutting_down = False  # libvirt reported SHUTDOWN (guest or host)
+        self._destroyed = False
         self._log = structlog.get_logger().bind(domain=opts.domain_name)
 
+    # --- signals ------------------------------------------------------------------------
     def _on_signal(self, sig: signal.Signals) -> None:
-        # Only record: the main flow logs and acts.
+        # Only record: the state machine logs and acts.
         self.signals.append(sig)
         self._shutdown.set()
+        self._signalled.set()
 
+    def _on_domain_event(self, ev: DomainEvent) -> None:
+        if ev.kind == LIFECYCLE and ev.event == Lifecycle.SHUTDOWN:
+            self._guest_shutting_down = True
+
+    # --- top level ----------------------------------------------------------------------
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         for sig in SHUTDOWN_SIGNALS:
@@ -82,6 +133,10 @@ class Launcher:
             self._log.error("libvirt unreachable; exiting",
                             error=str(_first(group, LibvirtUnreachable)))
             self._exit_code = ExitCode.LIBVIRT_UNREACHABLE
+        except* QemuTimeout as group:
+            qt = _first(group, QemuTimeout)
+            self._log.error(str(qt), **{k: v for k, v in qt.diagnosis.items() if k != "error"})
+            self._exit_code = ExitCode.QEMU_TIMEOUT
         finally:
             for sig in SHUTDOWN_SIGNALS:
                 loop.remove_signal_handler(sig)
@@ -91,8 +146,9 @@ class Launcher:
             self._log.info("launcher exited cleanly")
         return self._exit_code
 
-    async def _until_shutdown(self, aw: asyncio.Task[Any]) -> bool:
-        """Wait for `aw` or a shutdown signal; True if `aw` finished first."""
+    async def _until_shutdown(self, aw: asyncio.Task[Any], cancel: bool = True) -> bool:
+        """Wait for `aw` or a shutdown signal; True if `aw` finished first. On a signal `aw`
+        is cancelled unless `cancel` is False (the QEMU watch must outlive the signal)."""
         stop: asyncio.Task[Any] = asyncio.ensure_future(self._shutdown.wait())
         try:
             done, _ = await asyncio.wait({aw, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -101,30 +157,248 @@ class Launcher:
         if aw in done:
             aw.result()  # re-raise its failure
             return True
-        aw.cancel()
+        if cancel:
+            aw.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await aw
         return False
 
     async def _lifecycle(self, tg: asyncio.TaskGroup) -> None:
-        up = tg.create_task(self.daemons.all_ready())
-        if await self._until_shutdown(up):
-            connected = tg.create_task(self.conn.connect())
-            if await self._until_shutdown(connected):
-                tg.create_task(self.conn.run(), name="libvirt-connection")
-                self.state = State.RUNNING
-                self._log.info("launcher running", uri=self.paths.uri,
-                               virtlogd_pid=self.daemons.virtlogd.pid,
-                               libvirt_pid=self.daemons.libvirt.pid)
-                await self._shutdown.wait()
-        await self._stop()
+        notifier_task: asyncio.Task[None] | None = None
+        try:
+            if not await self._until_shutdown(tg.create_task(self.daemons.all_ready())):
+                return
+            if not await self._until_shutdown(tg.create_task(self.conn.connect())):
+                return
+            tg.create_task(self.conn.run(), name="libvirt-connection")
+            notifier_task = tg.create_task(self.notifier.run(), name="notifier")
+            await self.relay.attach(self.conn.conn)
+            await self.cmd_server.start()
+            self.state = State.WAITING
+            self._log.info("launcher running", uri=self.paths.uri,
+                           virtlogd_pid=self.daemons.virtlogd.pid,
+                           libvirt_pid=self.daemons.libvirt.pid,
+                           qemu_timeout_s=self.opts.qemu_timeout_s)
+            waiting = tg.create_task(self._wait_for_qemu(), name="wait-for-qemu")
+            if not await self._until_shutdown(waiting):
+                return
+            pid = waiting.result()
+            self.qemu_pid = pid
+            self.state = State.RUNNING
+            self._log.info("watching QEMU", pid=pid, pidfile=self.paths.qemu_pidfile)
+            exited = tg.create_task(qemu_watch.wait_exit(pid), name="qemu-watch")
+            if not await self._until_shutdown(exited, cancel=False):
+                await self._shutdown_guest(pid, exited)
+            await self._after_qemu_exit()
+        finally:
+            await self._teardown(notifier_task)
 
-    async def _stop(self) -> None:
+    # --- waiting for the domain and QEMU ------------------------------------------------
+    async def _wait_for_qemu(self) -> int:
+        """QEMU's pid once the domain `<namespace>_<name>` exists with a UUID and runs;
+        checked on every libvirt event and every DOMAIN_POLL_S. Raises QemuTimeout after
+        --qemu-timeout with a diagnosis instead of KubeVirt's bare panic."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.opts.qemu_timeout_s
+        while True:
+            changed = self.relay.changed
+            try:
+                read = await self.relay.read()
+            except (ConnectionError, libvirt.libvirtError) as exc:
+                self._log.debug("domain not readable yet", error=str(exc))
+                read = None
+            if read is not None and read.uuid and read.state in ALIVE_STATES:
+                pid = qemu_watch.read_pid(self.paths.qemu_pidfile)
+                if pid is not None:
+                    return pid
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise QemuTimeout(await self._diagnose(read))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(DOMAIN_POLL_S, remaining)):
+                    await changed.wait()
+
+    async def _diagnose(self, read: Any) -> dict[str, Any]:
+        defined: list[str] = []
+        conn = self.conn.conn
+        if conn is not None:
+            with contextlib.suppress(libvirt.libvirtError):
+                domains = await self.conn.call(conn.listAllDomains, 0)
+                defined = [d.name() for d in domains]
+        if read is None:
+            error = "timed out waiting for domain to be defined"
+        else:
+            error = "timed out waiting for the domain to start (no QEMU process)"
+        return {
+            "error": error,
+            "timeout_s": self.opts.qemu_timeout_s,
+            "domain_expected": self.opts.domain_name,
+            "libvirt_daemon_up": self.daemons.libvirt.ready.is_set(),
+            "libvirt_connected": self.conn.conn is not None,
+            "domains_defined": defined,
+            "domain_state": None if read is None else read.state,
+            "qemu_pidfile": self.paths.qemu_pidfile,
+            "daemon_last_lines": list(self.daemons.libvirt.last_lines)[-QEMU_LOG_TAIL:],
+            "qemu_log_tail": self._qemu_log_tail(),
+        }
+
+    def _qemu_log_tail(self) -> list[str]:
+        path = os.path.join(self.paths.qemu_log_dir, f"{self.opts.domain_name}.log")
+        try:
+            with open(path, errors="replace") as f:
+                return list(deque(f, maxlen=QEMU_LOG_TAIL))
+        except FileNotFoundError:
+            return []
+
+    # --- shutting the guest down ----------------------------------------------------------
+    def _next_signal(self) -> asyncio.Task[Any]:
+        self._signalled.clear()
+        return asyncio.ensure_future(self._signalled.wait())
+
+    async def _shutdown_guest(self, pid: int, exited: asyncio.Task[None]) -> None:
+        loop = asyncio.get_running_loop()
+        self.relay.mark_deleting()
+        grace = float(self.opts.grace_period_seconds)
+        self.state = State.GRACEFUL
+        self._log.info("graceful shutdown", signals=[s.name for s in self.signals],
+                       grace_period_s=grace)
+        deadline = loop.time() + grace
+        another = self._next_signal()
+        try:
+            while not exited.done():
+                await self._request_graceful()
+                wait_s = min(ACPI_RESEND_S, deadline - loop.time())
+                if wait_s <= 0:
+                    self._log.warning("grace period expired; destroying the domain",
+                                      grace_period_s=grace)
+                    break
+                done, _ = await asyncio.wait({exited, another}, timeout=wait_s,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if another in done:
+                    self._log.warning("second signal; destroying the domain now")
+                    break
+        finally:
+            another.cancel()
+        if not exited.done():
+            await self._force_stop(pid, exited)
+
+    async def _request_graceful(self) -> None:
+        """ACPI power button; the guest agent instead when it is connected and the domain
+        has no ACPI."""
+        try:
+            read = await self.relay.read()
+        except ConnectionError as exc:
+            self._log.warning("cannot request graceful shutdown", error=str(exc))
+            return
+        if read is None or read.state not in ALIVE_STATES:
+            return
+        use_agent = self.relay.agent_connected and "<acpi/>" not in read.xml
+        flag = (libvirt.VIR_DOMAIN_SHUTDOWN_GUEST_AGENT if use_agent
+                else libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+
+        def shutdown() -> None:
+            self.conn.conn.lookupByName(self.opts.domain_name).shutdownFlags(flag)
+
+        try:
+            await self.conn.call(shutdown)
+            self._log.info("asked the guest to shut down", via="agent" if use_agent else "acpi")
+        except (libvirt.libvirtError, AttributeError) as exc:
+            self._log.warning("graceful shutdown request failed", error=str(exc))
+
+    async def _force_stop(self, pid: int, exited: asyncio.Task[None]) -> None:
+        self.state = State.FORCED
+        self._destroyed = True
+
+        def destroy() -> None:
+            self.conn.conn.lookupByName(self.opts.domain_name).destroyFlags(
+                libvirt.VIR_DOMAIN_DESTROY_GRACEFUL)
+
+        try:
+            async with asyncio.timeout(DESTROY_TIMEOUT_S):
+                await self.conn.call(destroy)
+            self._log.info("domain destroyed")
+        except (libvirt.libvirtError, AttributeError, TimeoutError) as exc:
+            self._log.error("destroy failed; signalling QEMU directly", error=str(exc), pid=pid)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(QEMU_SIGNAL_WAIT_S):
+                    await asyncio.shield(exited)
+            if exited.done():
+                return
+            if qemu_watch.signal_qemu(pid, sig):
+                self._log.warning("signalled QEMU", pid=pid, signal=sig.name)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(QEMU_SIGNAL_WAIT_S):
+                await asyncio.shield(exited)
+
+    # --- after QEMU is gone -------------------------------------------------------------
+    async def _after_qemu_exit(self) -> None:
+        if self._destroyed:
+            reason = "Destroyed"
+        elif self._guest_shutting_down or self.state == State.GRACEFUL:
+            reason = "Shutdown"
+        else:
+            reason = "Crashed"
+        self.state = State.FINAL_NOTIFY
+        # Noticed through the pidfd, typically before libvirt: report it now, with what we
+        # know, then again once libvirt has caught up.
+        self.relay.qemu_exit_reason = reason
+        self.relay.resync()
+        self._log.info("QEMU exited", pid=self.qemu_pid, reason=reason)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LIBVIRT_CATCH_UP_S
+        while loop.time() < deadline:
+            changed = self.relay.changed
+            try:
+                read = await self.relay.read()
+            except (ConnectionError, libvirt.libvirtError):
+                read = None
+            if read is None or read.state not in ALIVE_STATES:
+                break
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(0.5, max(0.0, deadline - loop.time()))):
+                    await changed.wait()
+        self.relay.qemu_exit_reason = None  # libvirt's own word from here on
+        self.relay.mark_deleting()
+        self.relay.resync()
+
+    async def _teardown(self, notifier_task: asyncio.Task[None] | None) -> None:
         self.state = State.STOPPING
-        names = [s.name for s in self.signals]
-        self._log.info("shutting down", signals=names)
+        self._log.info("stopping", signals=[s.name for s in self.signals])
+        if notifier_task is not None:
+            if not await self.notifier.flush(FINAL_NOTIFY_TIMEOUT_S):
+                self._log.warning("final notify not delivered in time",
+                                  timeout_s=FINAL_NOTIFY_TIMEOUT_S)
+            notifier_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await notifier_task
+            await self.notifier.close()
+        await self.cmd_server.stop()
         try:
             async with asyncio.timeout(DAEMON_STOP_DEADLINE_S):
+                await self.relay.detach()
                 await self.conn.close()
                 await self.daemons.stop()
         except TimeoutError:
             self._log.error("daemons did not stop within the deadline",
                             deadline_s=DAEMON_STOP_DEADLINE_S)
+
+    # --- command API ------------------------------------------------------------------
+    def _handlers(self) -> dict[str, Handler]:
+        async def ping(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            return cmd_pb2.Response(success=True)
+
+        async def get_domain(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                read = await self.relay.read()
+                if read is None:
+                    # KubeVirt answers success with no domain when it does not exist.
+                    return cmd_pb2.DomainResponse(response=cmd_pb2.Response(success=True))
+                _, doc = await self.relay.snapshot()
+            except (ConnectionError, libvirt.libvirtError) as exc:
+                return cmd_pb2.DomainResponse(
+                    response=cmd_pb2.Response(success=False, message=str(exc)))
+            return cmd_pb2.DomainResponse(response=cmd_pb2.Response(success=True),
+                                          domain=doc.decode())
+
+        return {"Ping": ping, "GetDomain": get_domain}

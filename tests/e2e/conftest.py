@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import failed
+from tests.e2e.guest import Receiver
 from tests.e2e.harness import Instance, instance
 
 
@@ -24,3 +25,18 @@ def make_instance(request: pytest.FixtureRequest) -> Iterator[Callable[..., Inst
         def make(nonroot: bool = False, **kwargs: Any) -> Instance:
             return stack.enter_context(instance(nonroot, lambda: failed(request), **kwargs))
         yield make
+
+
+@pytest.fixture
+def receiver_for() -> Iterator[Callable[[Instance], Receiver]]:
+    receivers: list[Receiver] = []
+
+    def make(inst: Instance) -> Receiver:
+        r = Receiver(inst)
+        r.start()
+        receivers.append(r)
+        return r
+
+    yield make
+    for r in receivers:
+        r.stop()

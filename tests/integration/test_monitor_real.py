@@ -306,7 +306,7 @@ def test_terminates_qemu_named_by_pid_file_only(harness: Harness) -> None:
     qemu = harness.spawn_marked([str(harness.exe("qemu-system-x86_64")), "600"])
     bystander = harness.spawn_marked([str(harness.exe("not-qemu")), "600"])
     wait_until(lambda: comm_of(qemu.pid) == "qemu-system-x86", 10, "fake QEMU to exec")
-    pid_dir = harness.root / "run" / "libvirt" / "qemu"
+    pid_dir = harness.root / "var" / "run" / "libvirt" / "qemu"  # Paths.qemu_pid_dir
     pid_dir.mkdir(parents=True)
     (pid_dir / "default_vm.pid").write_text(f"{qemu.pid}\n")
     (pid_dir / "stale.pid").write_text(f"{bystander.pid}\n")

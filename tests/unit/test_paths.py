@@ -61,4 +61,5 @@ def test_runtime_root_puts_every_path_under_it() -> None:
     assert p.uri == "qemu+unix:///system?socket=/tmp/r/var/run/libvirt/libvirt-sock"
     binds = dict((dst, src) for src, dst in p.namespace_binds())
     assert binds["/etc/libvirt"] == "/tmp/r/etc/libvirt"
-    assert binds["/run/libvirt"] == "/tmp/r/run/libvirt"
+    assert binds["/run/libvirt"] == "/tmp/r/var/run/libvirt"
+    assert p.qemu_pidfile == "/tmp/r/var/run/libvirt/qemu/ns_vm.pid"
