@@ -3,16 +3,20 @@ daemon restarts under a running VM, graceful and forced shutdown, QEMU crash, qe
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import stat
 import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+import grpc
 import psutil
 import pytest
 
+from launcher._proto.kubevirt.cmd.v1 import cmd_pb2, cmd_pb2_grpc
 from launcher.exitcodes import ExitCode
 from tests.e2e.guest import (
     BOOT_TO_AGENT_TIMEOUT_S,
@@ -25,6 +29,15 @@ from tests.e2e.guest import (
 from tests.e2e.harness import Instance, wait_for
 
 pytestmark = pytest.mark.e2e
+
+
+def get_domain(sock: str) -> dict[str, Any]:
+    """Cmd.GetDomain over the launcher's socket, as virt-handler calls it."""
+    with grpc.insecure_channel(f"unix:{sock}") as channel:
+        resp = cmd_pb2_grpc.CmdStub(channel).GetDomain(cmd_pb2.EmptyRequest(), timeout=5)
+    assert resp.response.success, resp.response.message
+    doc: dict[str, Any] = json.loads(resp.domain)
+    return doc
 
 
 def qemu_pid(inst: Instance) -> int:
@@ -55,6 +68,13 @@ def test_lifecycle_snapshots_daemon_restart_and_graceful_shutdown(
     assert dom["ObjectMeta"]["namespace"] == inst.namespace
     assert dom["Spec"]["Name"] == f"{inst.namespace}_{inst.name}"
     assert "deletionTimestamp" not in dom["ObjectMeta"]
+
+    # Readiness: the command socket was renamed to launcher-sock, private, and answers.
+    sock = inst.paths.cmd_socket
+    assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600
+    assert not os.path.exists(inst.paths.cmd_init_socket)
+    got = get_domain(sock)
+    assert got["Status"]["Status"] == "Running" and got["ObjectMeta"]["name"] == inst.name
 
     with_domain(inst, "suspend")
     receiver.wait_domain(lambda e: status(e) == ("Paused", "User"), 10, "Paused snapshot")
