@@ -19,7 +19,7 @@ guest: deps
 	bash hack/build-guest.sh
 
 demo: setup
-	$(PY) hack/demo.py
+	$(PY) -m hack.demo
 
 lint: venv
 	bash hack/lint.sh

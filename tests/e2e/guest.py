@@ -5,37 +5,20 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import shutil
 import subprocess
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from xml.sax.saxutils import escape
 
-from tests.e2e.harness import REPO, VENV_BIN, Instance, ensure_test_user, wait_for
+from hack import guestvm
+from hack.guestvm import AGENT_CHANNEL, guest_env
+from tests.e2e.harness import VENV_BIN, Instance, ensure_test_user, wait_for
 
-GUEST_DIR = REPO / ".cache" / "guest"
-AGENT_CHANNEL = "org.qemu.guest_agent.0"
 BOOT_TO_AGENT_TIMEOUT_S = 90.0  # ~8 s alone under TCG; several guests share 2 cores
 
 
-def guest_env() -> dict[str, str]:
-    env_file = GUEST_DIR / "guest.env"
-    if not env_file.exists():
-        subprocess.run(["bash", str(REPO / "hack" / "build-guest.sh")], check=True)
-    out = {}
-    for line in env_file.read_text().splitlines():
-        if "=" in line and not line.startswith("#"):
-            key, _, value = line.partition("=")
-            out[key] = shlex.split(value)[0] if value else ""
-    return out
-
-
 def domain_xml(inst: Instance, *, ignore_acpi: bool = False, memory_mib: int = 256) -> str:
-    """What virt-handler's Sync would define for the VMI (until the converter exists):
-    TCG, direct kernel boot, the ext4 data disk, the agent channel, a serial log."""
     env = guest_env()
     disk = inst.root / "data.ext4"
     if not disk.exists():
@@ -43,54 +26,11 @@ def domain_xml(inst: Instance, *, ignore_acpi: bool = False, memory_mib: int = 2
         if inst.nonroot:
             user = ensure_test_user()
             os.chown(disk, user.pw_uid, user.pw_gid)
-    cmdline = env["GUEST_CMDLINE_BASE"] + (" pvl.ignore_acpi=1" if ignore_acpi else "")
-    # Explicit, short agent socket path: libvirt's default one under a session-mode
-    # XDG_CONFIG_HOME in a test runtime root would exceed the 108-byte sun_path limit.
-    agent_sock = inst.root / "qga.sock"
-    x = {k: escape(str(v)) for k, v in {
-        "name": f"{inst.namespace}_{inst.name}", "uuid": uuid.uuid4(),
-        "uid": f"uid-{inst.root.name}", "kernel": env["GUEST_KERNEL"],
-        "initrd": env["GUEST_INITRD"], "cmdline": cmdline, "disk": disk,
-        "agent": agent_sock, "console": inst.root / "console.log"}.items()}
-    return f"""<domain type='qemu'>
-  <name>{x['name']}</name>
-  <uuid>{x['uuid']}</uuid>
-  <metadata>
-    <kubevirt:kubevirt xmlns:kubevirt='http://kubevirt.io'>
-      <kubevirt:uid>{x['uid']}</kubevirt:uid>
-    </kubevirt:kubevirt>
-  </metadata>
-  <memory unit='MiB'>{memory_mib}</memory>
-  <vcpu>1</vcpu>
-  <os>
-    <type arch='x86_64' machine='q35'>hvm</type>
-    <kernel>{x['kernel']}</kernel>
-    <initrd>{x['initrd']}</initrd>
-    <cmdline>{x['cmdline']}</cmdline>
-  </os>
-  <features><acpi/></features>
-  <on_poweroff>destroy</on_poweroff>
-  <on_reboot>restart</on_reboot>
-  <on_crash>destroy</on_crash>
-  <devices>
-    <emulator>/usr/bin/qemu-system-x86_64</emulator>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='raw'/>
-      <source file='{x['disk']}'/>
-      <target dev='vda' bus='virtio'/>
-    </disk>
-    <channel type='unix'>
-      <source mode='bind' path='{x['agent']}'/>
-      <target type='virtio' name='{AGENT_CHANNEL}'/>
-    </channel>
-    <serial type='file'>
-      <source path='{x['console']}'/>
-      <target port='0'/>
-    </serial>
-    <controller type='usb' model='none'/>
-    <memballoon model='none'/>
-  </devices>
-</domain>"""
+    return guestvm.domain_xml(domain=f"{inst.namespace}_{inst.name}",
+                              uid=f"uid-{inst.root.name}", disk=disk,
+                              agent_socket=inst.root / "qga.sock",
+                              console_log=inst.root / "console.log",
+                              ignore_acpi=ignore_acpi, memory_mib=memory_mib)
 
 
 def define_and_start(inst: Instance, **kwargs: Any) -> None:

@@ -176,3 +176,24 @@ def test_qemu_timeout_without_a_domain_exits_with_a_diagnosis(
     assert d["domain_expected"] == f"{inst.namespace}_{inst.name}"
     assert "daemon_last_lines" in d and "qemu_log_tail" in d
     wait_for(lambda: not inst.leftovers(), 10, what="no processes left")
+
+
+def test_second_signal_skips_the_rest_of_the_grace_period(
+    make_instance: Callable[..., Instance], receiver_for: Callable[[Instance], Receiver]
+) -> None:
+    inst = make_instance(nonroot=False, extra_args=["--grace-period-seconds", "60"])
+    receiver = receiver_for(inst)
+    boot(inst, receiver, ignore_acpi=True)
+    t0 = time.monotonic()
+    inst.signal(signal.SIGTERM)
+    wait_for(lambda: inst.logged("asked the guest to shut down"), 10, what="graceful phase")
+    inst.signal(signal.SIGTERM)  # the monitor forwards every signal
+    assert inst.wait_exit(timeout=60) == 0, inst.tail()
+    elapsed = time.monotonic() - t0
+    assert inst.logged("second signal; destroying the domain now")
+    assert not inst.logged("grace period expired; destroying the domain")
+    assert elapsed < 30, elapsed  # far from the 60 s grace period
+    final = receiver.last_domain()
+    assert final is not None and status(final) == ("Shutoff", "Destroyed"), final
+    receiver.stop()
+    wait_for(lambda: not inst.leftovers(), 10, what="no processes left")
