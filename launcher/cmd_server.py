@@ -124,13 +124,14 @@ class CmdServer:
                 try:
                     resp = await stub.Ping(cmd_pb2.EmptyRequest(), timeout=SELF_PING_INTERVAL_S)
                 except grpc.aio.AioRpcError as exc:
-                    if loop.time() > deadline:
-                        raise RuntimeError(
-                            f"command server self-ping failed: {exc.details()}") from exc
-                    await asyncio.sleep(SELF_PING_INTERVAL_S)
-                    continue
-                if resp.success:
-                    return
+                    problem = exc.details() or exc.code().name
+                else:
+                    if resp.success:
+                        return
+                    problem = f"Ping answered success=false: {resp.message}"
+                if loop.time() > deadline:
+                    raise RuntimeError(f"command server self-ping failed: {problem}")
+                await asyncio.sleep(SELF_PING_INTERVAL_S)
 
     async def stop(self, grace_s: float = 2.0) -> None:
         server, self._server = self._server, None

@@ -149,8 +149,9 @@ USER_ALIAS_PREFIX = "ua-"
 
 
 def _int(text: str | None) -> int:
+    # As Go's strconv: base 10 ("010" is 10, "0x10" is not a number).
     try:
-        return int((text or "0").strip(), 0)
+        return int((text or "0").strip(), 10)
     except ValueError:
         return 0
 

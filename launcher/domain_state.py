@@ -92,12 +92,17 @@ def lifecycle_name(event: int, detail: int) -> str:
     return f"{ev.name}/{details[detail] if 0 <= detail < len(details) else detail}"
 
 
+STARTED_MIGRATED = 1
+DEFINED_ADDED = 0
+
+
 def event_type_for(event: int | None, detail: int | None) -> str:
-    """KubeVirt: ADDED for a newly defined or started domain, MODIFIED for everything else
-    (a domain that is gone is sent as MODIFIED with metadata.deletionTimestamp)."""
-    if event == Lifecycle.DEFINED and detail == 0:
+    """As KubeVirt's notify client: ADDED for a newly defined domain (DEFINED/ADDED) or one
+    started as a migration target (STARTED/MIGRATED), MODIFIED for everything else (a domain
+    that is gone is sent as MODIFIED with metadata.deletionTimestamp)."""
+    if event == Lifecycle.DEFINED and detail == DEFINED_ADDED:
         return "ADDED"
-    if event == Lifecycle.STARTED:
+    if event == Lifecycle.STARTED and detail == STARTED_MIGRATED:
         return "ADDED"
     return "MODIFIED"
 

@@ -99,6 +99,7 @@ class DomainRelay:
         self.changed = asyncio.Event()  # pulsed on every event of our domain
         self.listeners: list[Callable[[DomainEvent], None]] = []
         self._io_error_disks: set[str] = set()
+        self._added_pending = False
         self._callback_ids: list[int] = []
         self._subscription: Subscription | None = None
         self._log = structlog.get_logger().bind(domain=domain)
@@ -125,8 +126,12 @@ class DomainRelay:
             return
         self.domain_seen = True
         self.events_seen += 1
-        self._log.debug("domain event", libvirt_event=ev.describe(), **ev.info)
+        # Cheap fields only: this runs for every event of a burst, debug enabled or not.
+        self._log.debug("domain event", kind=ev.kind, lifecycle=(ev.event, ev.detail))
         event_type = event_type_for(ev.event, ev.detail) if ev.kind == LIFECYCLE else "MODIFIED"
+        if event_type == "ADDED":
+            # Sticky: a MODIFIED coalescing over a pending ADDED must not hide the add.
+            self._added_pending = True
         self.notifier.submit_domain(self.domain, self._builder(event_type))
         if ev.kind == AGENT_LIFECYCLE:
             self.agent_connected = ev.info.get("state") == "connected"
@@ -167,7 +172,10 @@ class DomainRelay:
     # --- snapshots --------------------------------------------------------------------
     def _builder(self, event_type: str) -> Callable[[], Any]:
         async def build() -> tuple[Any, bytes]:
-            return await self.snapshot(event_type)
+            etype = "ADDED" if self._added_pending else event_type
+            result = await self.snapshot(etype)
+            self._added_pending = False
+            return result
         return build
 
     async def read(self) -> DomainRead | None:

@@ -112,11 +112,11 @@ def last_status(rec: ReceiverProc) -> tuple[str, str] | None:
 # (operation, libvirt event it causes, eventType sent, Status, Reason, deletionTimestamp?)
 MAPPING = [
     ("define", "DEFINED/ADDED", "ADDED", "Shutoff", "Unknown", False),
-    ("create", "STARTED/BOOTED", "ADDED", "Running", "Unknown", False),
+    ("create", "STARTED/BOOTED", "MODIFIED", "Running", "Unknown", False),
     ("suspend", "SUSPENDED/PAUSED", "MODIFIED", "Paused", "User", False),
     ("resume", "RESUMED/UNPAUSED", "MODIFIED", "Running", "Unknown", False),
     ("shutdown", "STOPPED/SHUTDOWN", "MODIFIED", "Shutoff", "Shutdown", False),
-    ("create", "STARTED/BOOTED", "ADDED", "Running", "Unknown", False),
+    ("create", "STARTED/BOOTED", "MODIFIED", "Running", "Unknown", False),
     ("destroy", "STOPPED/DESTROYED", "MODIFIED", "Shutoff", "Destroyed", False),
     ("undefine", "UNDEFINED/REMOVED", "MODIFIED", "NoState", "NonExistent", True),
 ]
