@@ -12,6 +12,8 @@ from xml.sax.saxutils import escape
 REPO = Path(__file__).resolve().parents[1]
 GUEST_DIR = REPO / ".cache" / "guest"
 AGENT_CHANNEL = "org.qemu.guest_agent.0"
+GUEST_MAC = "52:54:00:fe:a5:01"
+GUEST_IP = "192.0.2.10"  # TEST-NET-1: set statically in the guest, never routed anywhere
 
 
 def guest_env() -> dict[str, str]:
@@ -28,7 +30,7 @@ def guest_env() -> dict[str, str]:
 
 
 def domain_xml(*, domain: str, uid: str, disk: Path, agent_socket: Path, console_log: Path,
-               ignore_acpi: bool = False, memory_mib: int = 256) -> str:
+               ignore_acpi: bool = False, memory_mib: int = 256, nic: bool = False) -> str:
     """What virt-handler's Sync would define for the VMI: TCG, direct kernel boot, the ext4
     data disk (a per-VM copy: QEMU locks it), the agent channel, a serial log.
 
@@ -36,6 +38,11 @@ def domain_xml(*, domain: str, uid: str, disk: Path, agent_socket: Path, console
     XDG_CONFIG_HOME inside a test runtime root would exceed the 108-byte sun_path limit."""
     env = guest_env()
     cmdline = env["GUEST_CMDLINE_BASE"] + (" pvl.ignore_acpi=1" if ignore_acpi else "")
+    # A user-mode NIC (no host networking) with a static address the agent reports.
+    nic_xml = (f"<interface type='user'><mac address='{GUEST_MAC}'/>"
+               "<model type='virtio'/></interface>") if nic else ""
+    if nic:
+        cmdline += f" pvl.ip={GUEST_IP}/24"
     x = {k: escape(str(v)) for k, v in {
         "name": domain, "uuid": uuid.uuid4(), "uid": uid, "kernel": env["GUEST_KERNEL"],
         "initrd": env["GUEST_INITRD"], "cmdline": cmdline, "disk": disk,
@@ -71,6 +78,7 @@ def domain_xml(*, domain: str, uid: str, disk: Path, agent_socket: Path, console
       <source mode='bind' path='{x['agent']}'/>
       <target type='virtio' name='{AGENT_CHANNEL}'/>
     </channel>
+    {nic_xml}
     <serial type='file'>
       <source path='{x['console']}'/>
       <target port='0'/>

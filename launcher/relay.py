@@ -98,6 +98,8 @@ class DomainRelay:
         self.events_seen = 0
         self.changed = asyncio.Event()  # pulsed on every event of our domain
         self.listeners: list[Callable[[DomainEvent], None]] = []
+        # The agent cache's contribution to Status (Interfaces, OSInfo, FSFreezeStatus).
+        self.guest_status: Callable[[], dict[str, Any]] | None = None
         self._io_error_disks: set[str] = set()
         self._added_pending = False
         self._callback_ids: list[int] = []
@@ -204,9 +206,10 @@ class DomainRelay:
             spec = domain_json.spec_from_xml(read.xml)
             deletion = self.deletion_timestamp
         uid = self.uid or spec.get("Metadata", {}).get("KubeVirt", {}).get("UID", "")
+        guest = self.guest_status() if self.guest_status is not None else None
         doc = domain_json.build(name=self.name, namespace=self.namespace, uid=uid,
                                 status=status, reason=reason, spec=spec,
-                                deletion_timestamp=deletion)
+                                deletion_timestamp=deletion, guest=guest)
         return event_type, domain_json.dumps(doc)
 
     def mark_deleting(self) -> None:

@@ -18,18 +18,19 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-import grpc
 import libvirt
 import structlog
 
-from launcher import qemu_watch
-from launcher._proto.kubevirt.cmd.v1 import cmd_pb2
-from launcher.cmd_server import CmdServer, Handler
+from launcher import domain_json, guest_info, qemu_watch
+from launcher.agent import FSFREEZE_STATUS, AgentCache, AgentPoller, groups_from
+from launcher.cmd_server import CmdServer
+from launcher.commands import Commands
 from launcher.daemons import DaemonFailed, DaemonSet
 from launcher.domain_state import Lifecycle
-from launcher.events import LIFECYCLE, DomainEvent
+from launcher.events import AGENT_LIFECYCLE, LIFECYCLE, DomainEvent
 from launcher.exitcodes import ExitCode
 from launcher.flags import Options
+from launcher.freeze import FreezeManager
 from launcher.libvirt_conn import Connection, LibvirtUnreachable
 from launcher.notifier import Notifier
 from launcher.paths import Paths
@@ -47,6 +48,14 @@ FINAL_NOTIFY_TIMEOUT_S = 10.0
 QEMU_LOG_TAIL = 10
 
 E = TypeVar("E", bound=BaseException)
+AGENT_CHANNEL = "org.qemu.guest_agent.0"
+
+
+def guest_info_channels(xml: str) -> dict[str, str]:
+    """channel target name -> state, from a live domain XML."""
+    spec = domain_json.spec_from_xml(xml)
+    return {c.get("Target", {}).get("Name", ""): c.get("Target", {}).get("State", "")
+            for c in spec.get("Devices", {}).get("Channels", [])}
 
 
 def _first(group: BaseExceptionGroup[Any], kind: type[E]) -> E:
@@ -96,9 +105,18 @@ class Launcher:
                                  namespace=opts.namespace, uid=opts.uid)
         self.relay.listeners.append(self._on_domain_event)
         self.conn.on_reconnect(self.relay.attach)
+        self.agent_cache = AgentCache()
+        self.agent = AgentPoller(conn=self.conn, domain=opts.domain_name,
+                                 cache=self.agent_cache, groups=groups_from(opts),
+                                 on_change=self.relay.resync)
+        self.relay.guest_status = lambda: guest_info.domain_status_fields(
+            self.agent_cache.raw())
+        self.freeze = FreezeManager(self.conn, self.relay, on_status=self._fsfreeze_status)
+        self.commands = Commands(opts, self.conn, self.relay, self.agent_cache, self.freeze)
         self.cmd_server = CmdServer(init_socket=paths.cmd_init_socket,
                                     ready_socket=paths.cmd_socket,
-                                    nonroot=opts.run_as_nonroot, handlers=self._handlers())
+                                    nonroot=opts.run_as_nonroot,
+                                    handlers=self.commands.handlers())
         self.qemu_pid: int | None = None
         self._guest_shutting_down = False  # libvirt reported SHUTDOWN (guest or host)
         self._destroyed = False
@@ -111,9 +129,27 @@ class Launcher:
         self._shutdown.set()
         self._signalled.set()
 
+    def _fsfreeze_status(self, status: str) -> None:
+        """The freeze manager learned the guest's fsfreeze status: the cache (GetGuestInfo)
+        and virt-handler hear of it now, not at the next 5 s poll."""
+        if self.agent_cache.put(FSFREEZE_STATUS, status):
+            self.relay.resync()
+
     def _on_domain_event(self, ev: DomainEvent) -> None:
         if ev.kind == LIFECYCLE and ev.event == Lifecycle.SHUTDOWN:
             self._guest_shutting_down = True
+        # The agent poller runs while the agent is connected and the guest runs.
+        if ev.kind == AGENT_LIFECYCLE:
+            if ev.info.get("state") == "connected":
+                self.agent.start()
+            else:
+                self.agent.stop()
+        elif ev.kind == LIFECYCLE:
+            if ev.event in (Lifecycle.SUSPENDED, Lifecycle.STOPPED, Lifecycle.SHUTDOWN,
+                            Lifecycle.CRASHED):
+                self.agent.stop()
+            elif ev.event in (Lifecycle.RESUMED, Lifecycle.STARTED) and self.relay.agent_connected:
+                self.agent.start()
 
     # --- top level ----------------------------------------------------------------------
     async def run(self) -> int:
@@ -165,6 +201,7 @@ class Launcher:
 
     async def _lifecycle(self, tg: asyncio.TaskGroup) -> None:
         notifier_task: asyncio.Task[None] | None = None
+        agent_task: asyncio.Task[None] | None = None
         try:
             if not await self._until_shutdown(tg.create_task(self.daemons.all_ready())):
                 return
@@ -172,6 +209,7 @@ class Launcher:
                 return
             tg.create_task(self.conn.run(), name="libvirt-connection")
             notifier_task = tg.create_task(self.notifier.run(), name="notifier")
+            agent_task = tg.create_task(self.agent.run(), name="agent-poller")
             await self.relay.attach(self.conn.conn)
             await self.cmd_server.start()
             self.state = State.WAITING
@@ -184,6 +222,7 @@ class Launcher:
                 return
             pid = waiting.result()
             self.qemu_pid = pid
+            await self._adopt_agent_state()
             self.state = State.RUNNING
             self._log.info("watching QEMU", pid=pid, pidfile=self.paths.qemu_pidfile)
             exited = tg.create_task(qemu_watch.wait_exit(pid), name="qemu-watch")
@@ -191,6 +230,12 @@ class Launcher:
                 await self._shutdown_guest(pid, exited)
             await self._after_qemu_exit()
         finally:
+            if agent_task is not None:
+                agent_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await agent_task
+            await self.commands.close()
+            await self.freeze.close()
             await self._teardown(notifier_task)
 
     # --- waiting for the domain and QEMU ------------------------------------------------
@@ -250,6 +295,19 @@ class Launcher:
         except FileNotFoundError:
             return []
 
+    async def _adopt_agent_state(self) -> None:
+        """An agent that connected before our subscription (no CONNECTED event for us): the
+        live XML's channel state says so."""
+        try:
+            read = await self.relay.read()
+        except (ConnectionError, libvirt.libvirtError):
+            return
+        if read is not None and "state='connected'" in read.xml and not self.agent.active:
+            channels = guest_info_channels(read.xml)
+            if channels.get(AGENT_CHANNEL) == "connected":
+                self.relay.agent_connected = True
+                self.agent.start()
+
     # --- shutting the guest down ----------------------------------------------------------
     def _next_signal(self) -> asyncio.Task[Any]:
         self._signalled.clear()
@@ -263,6 +321,9 @@ class Launcher:
         self._log.info("graceful shutdown", signals=[s.name for s in self.signals],
                        grace_period_s=grace)
         deadline = loop.time() + grace
+        # A guest left frozen (a backup hook that never thawed) would not shut down cleanly
+        # and must never stay frozen: thaw first, bounded.
+        await self.freeze.thaw_if_frozen()
         another = self._next_signal()
         try:
             while not exited.done():
@@ -382,23 +443,3 @@ class Launcher:
         except TimeoutError:
             self._log.error("daemons did not stop within the deadline",
                             deadline_s=DAEMON_STOP_DEADLINE_S)
-
-    # --- command API ------------------------------------------------------------------
-    def _handlers(self) -> dict[str, Handler]:
-        async def ping(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            return cmd_pb2.Response(success=True)
-
-        async def get_domain(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            try:
-                read = await self.relay.read()
-                if read is None:
-                    # KubeVirt answers success with no domain when it does not exist.
-                    return cmd_pb2.DomainResponse(response=cmd_pb2.Response(success=True))
-                _, doc = await self.relay.snapshot()
-            except (ConnectionError, libvirt.libvirtError) as exc:
-                return cmd_pb2.DomainResponse(
-                    response=cmd_pb2.Response(success=False, message=str(exc)))
-            return cmd_pb2.DomainResponse(response=cmd_pb2.Response(success=True),
-                                          domain=doc.decode())
-
-        return {"Ping": ping, "GetDomain": get_domain}

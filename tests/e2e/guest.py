@@ -18,7 +18,8 @@ from tests.e2e.harness import VENV_BIN, Instance, ensure_test_user, wait_for
 BOOT_TO_AGENT_TIMEOUT_S = 90.0  # ~8 s alone under TCG; several guests share 2 cores
 
 
-def domain_xml(inst: Instance, *, ignore_acpi: bool = False, memory_mib: int = 256) -> str:
+def domain_xml(inst: Instance, *, ignore_acpi: bool = False, memory_mib: int = 256,
+               nic: bool = False) -> str:
     env = guest_env()
     disk = inst.root / "data.ext4"
     if not disk.exists():
@@ -30,7 +31,7 @@ def domain_xml(inst: Instance, *, ignore_acpi: bool = False, memory_mib: int = 2
                               uid=f"uid-{inst.root.name}", disk=disk,
                               agent_socket=inst.root / "qga.sock",
                               console_log=inst.root / "console.log",
-                              ignore_acpi=ignore_acpi, memory_mib=memory_mib)
+                              ignore_acpi=ignore_acpi, memory_mib=memory_mib, nic=nic)
 
 
 def define_and_start(inst: Instance, **kwargs: Any) -> None:
