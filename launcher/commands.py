@@ -755,9 +755,15 @@ class Commands:
         return _compact(doc)
 
     async def _get_guest_info(self) -> Any:
+        raw = self.agent.raw()
+        if not self.relay.agent_connected:
+            # The agent is gone (now): no agent version, so virt-freezer reports "No guest
+            # agent" and a backup hook succeeds instead of failing on a freeze that cannot
+            # work. The rest of what it last said stays (no flapping).
+            raw.pop("guest-info", None)
         return cmd_pb2.GuestInfoResponse(
             response=cmd_pb2.Response(success=True),
-            guestInfoResponse=_compact(guest_info.guest_info_json(self.agent.raw())))
+            guestInfoResponse=_compact(guest_info.guest_info_json(raw)))
 
     async def _get_users(self) -> Any:
         return cmd_pb2.GuestUserListResponse(

@@ -728,6 +728,11 @@ def test_qemu_version_and_guest_agent_queries() -> None:
             r.agent.put(guest_info.GUEST_INFO, {"version": "8.1.0", "supported_commands": []})
             r.agent.put(guest_info.USERS, [{"user": "root", "login-time": 1700000000.5}])
             r.agent.put(guest_info.FSFREEZE_STATUS, "frozen")
+            # agent not connected (now): no version, so virt-freezer says "No guest agent"
+            info = json.loads((await r.call("GetGuestInfo")).guestInfoResponse)
+            assert "guestAgentVersion" not in info
+            assert info["fsFreezeStatus"] == "frozen"  # the rest of the cache stays
+            r.relay.agent_connected = True
             info = json.loads((await r.call("GetGuestInfo")).guestInfoResponse)
             assert info["guestAgentVersion"] == "8.1.0"
             assert info["fsFreezeStatus"] == "frozen"
