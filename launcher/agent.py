@@ -24,18 +24,21 @@ import libvirt
 import libvirt_qemu
 import structlog
 
-from launcher.libvirt_conn import Connection
+from launcher import guest_info
 
-# Raw agent command names; the cache stores each command's "return" value under its name.
-GUEST_INFO = "guest-info"
-OSINFO = "guest-get-osinfo"
-HOSTNAME = "guest-get-host-name"
-TIMEZONE = "guest-get-timezone"
-INTERFACES = "guest-network-get-interfaces"
-USERS = "guest-get-users"
-FSINFO = "guest-get-fsinfo"
-FSFREEZE_STATUS = "guest-fsfreeze-status"
-LOAD = "guest-get-load"
+# The cache stores each raw agent command's "return" value under the command's name.
+from launcher.guest_info import (
+    FSFREEZE_STATUS,
+    FSINFO,
+    GUEST_INFO,
+    HOSTNAME,
+    INTERFACES,
+    LOAD,
+    OSINFO,
+    TIMEZONE,
+    USERS,
+)
+from launcher.libvirt_conn import Connection
 
 AGENT_TIMEOUT_S = 5  # per agent command (libvirt's own timeout)
 CALL_GUARD_S = AGENT_TIMEOUT_S + 5  # asyncio-side guard, should libvirt itself hang
@@ -209,8 +212,6 @@ class AgentPoller:
 
     def _watched(self) -> Any:
         """What a notify is worth: OS info, interfaces (not lo, not counters), fsfreeze."""
-        from launcher import guest_info  # noqa: PLC0415 - keeps the import graph acyclic
-
         raw = self.cache.raw()
         return (guest_info.os_info_for_change_detection(raw),
                 guest_info.interfaces_for_change_detection(raw),

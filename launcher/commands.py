@@ -396,9 +396,8 @@ class Commands:
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # Outcomes were logged where they happened; here only wait for the ends.
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     # --- rpc plumbing -------------------------------------------------------------------
     def _vmi_rpc(self, rpc: str, body: Callable[[VMI, Any], Awaitable[Any]]) -> Handler:

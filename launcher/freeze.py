@@ -24,7 +24,6 @@ Beyond KubeVirt:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from collections.abc import Callable, Coroutine
@@ -162,9 +161,8 @@ class FreezeManager:
         self._timer = None
         for task in pending:
             task.cancel()
-        for task in pending:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # Outcomes were logged where they happened; here only wait for the ends.
+        await asyncio.gather(*pending, return_exceptions=True)
 
     # --- operations (run as tasks owned by the manager) -----------------------------------
     async def _owned(self, coro: Coroutine[Any, Any, None], what: str) -> None:

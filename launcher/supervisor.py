@@ -22,7 +22,7 @@ import libvirt
 import structlog
 
 from launcher import domain_json, guest_info, qemu_watch
-from launcher.agent import FSFREEZE_STATUS, AgentCache, AgentPoller, groups_from
+from launcher.agent import AgentCache, AgentPoller, groups_from
 from launcher.cmd_server import CmdServer
 from launcher.commands import Commands
 from launcher.daemons import DaemonFailed, DaemonSet
@@ -31,6 +31,7 @@ from launcher.events import AGENT_LIFECYCLE, LIFECYCLE, DomainEvent
 from launcher.exitcodes import ExitCode
 from launcher.flags import Options
 from launcher.freeze import FreezeManager
+from launcher.guest_info import FSFREEZE_STATUS
 from launcher.libvirt_conn import Connection, LibvirtUnreachable
 from launcher.notifier import Notifier
 from launcher.paths import Paths

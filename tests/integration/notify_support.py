@@ -18,6 +18,14 @@ from typing import IO, Any
 from launcher.notifier import Notifier
 
 KEY = "default_vmi"
+
+
+def run_uvloop(coro: Any) -> Any:
+    """Run a test scenario on uvloop, as the launcher runs."""
+    import uvloop  # noqa: PLC0415
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
 EVENTS_CMD = Path(sys.executable).parent / "virt-launcher-events"
 
 

@@ -29,7 +29,6 @@ from typing import Any
 import grpc
 import libvirt
 import pytest
-import uvloop
 from google.protobuf.message_factory import GetMessageClass
 
 from launcher import flags, guest_info
@@ -42,6 +41,7 @@ from launcher.freeze import FreezeError, FreezeManager
 from launcher.libvirt_conn import Connection, ensure_event_loop
 from launcher.notifier import Notifier
 from launcher.relay import DomainRelay
+from tests.integration.notify_support import run_uvloop
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -55,10 +55,7 @@ VMI_RPCS = ("PauseVirtualMachine", "UnpauseVirtualMachine", "FreezeVirtualMachin
             "GetScreenshot", "VirtualMachineMemoryDump")
 
 
-def run(coro: Any) -> Any:
-    # uvloop, as the launcher runs.
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(coro)
+run = run_uvloop
 
 
 def domain_xml(domain: str) -> str:

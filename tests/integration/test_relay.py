@@ -20,19 +20,16 @@ from typing import Any
 
 import libvirt
 import psutil
-import uvloop
 
 from launcher.libvirt_conn import Connection, ensure_event_loop
 from launcher.notifier import Notifier
 from launcher.relay import DomainRelay
-from tests.integration.notify_support import ReceiverProc, until
+from tests.integration.notify_support import ReceiverProc, run_uvloop, until
 
 URI = "test:///default"
 
 
-def run(coro: Any) -> Any:
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(coro)
+run = run_uvloop
 
 
 def domain_xml(name: str) -> str:

@@ -13,16 +13,8 @@ import uvloop
 from structlog.testing import capture_logs
 
 from launcher import flags
-from launcher.agent import (
-    FSFREEZE_STATUS,
-    GUEST_INFO,
-    LOAD,
-    OSINFO,
-    AgentCache,
-    AgentPoller,
-    _delays,
-    groups_from,
-)
+from launcher.agent import AgentCache, AgentPoller, _delays, groups_from
+from launcher.guest_info import FSFREEZE_STATUS, GUEST_INFO, LOAD, OSINFO
 from launcher.libvirt_conn import Connection, ensure_event_loop
 
 
