@@ -235,8 +235,6 @@ class Launcher:
                 agent_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await agent_task
-            await self.commands.close()
-            await self.freeze.close()
             await self._teardown(notifier_task)
 
     # --- waiting for the domain and QEMU ------------------------------------------------
@@ -324,7 +322,7 @@ class Launcher:
         deadline = loop.time() + grace
         # A guest left frozen (a backup hook that never thawed) would not shut down cleanly
         # and must never stay frozen: thaw first, bounded.
-        await self.freeze.thaw_if_frozen()
+        await self.freeze.thaw_if_frozen(timeout_s=min(20.0, grace / 2))
         another = self._next_signal()
         try:
             while not exited.done():
@@ -436,6 +434,9 @@ class Launcher:
                 await notifier_task
             await self.notifier.close()
         await self.cmd_server.stop()
+        # After the server: a late rpc must not start work these no longer own.
+        await self.commands.close()
+        await self.freeze.close()
         try:
             async with asyncio.timeout(DAEMON_STOP_DEADLINE_S):
                 await self.relay.detach()
