@@ -40,6 +40,7 @@ e2e: setup
 bench: setup
 	$(PY) hack/bench_monitor_rss.py
 	$(PY) hack/bench_relay.py
+	$(PY) -m hack.bench_cmd
 
 clean:
 	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache

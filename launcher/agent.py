@@ -57,6 +57,9 @@ class AgentCache:
 
     def __init__(self) -> None:
         self._entries: dict[str, Entry] = {}
+        # Bumped when any value changes: answers derived from the cache (GetGuestInfo's JSON)
+        # are reused until then instead of being rebuilt per call.
+        self.version = 0
 
     def get(self, command: str) -> Entry | None:
         return self._entries.get(command)
@@ -69,10 +72,14 @@ class AgentCache:
         """Store an answer; True if it differs from the previous one."""
         old = self._entries.get(command)
         self._entries[command] = Entry(value, time.time() if at is None else at)
-        return old is None or old.value != value
+        changed = old is None or old.value != value
+        if changed:
+            self.version += 1
+        return changed
 
     def clear(self) -> None:
         self._entries.clear()
+        self.version += 1
 
     def __contains__(self, command: object) -> bool:
         return command in self._entries

@@ -351,6 +351,8 @@ class Commands:
         self._dirty = _TimedCache(DIRTY_RATE_CACHE_S, self._dirty_rate, self._tasks)
         self._dump: _Dump | None = None
         self._dumped: set[str] = set()  # paths dumped successfully (KubeVirt: not redone)
+        # GetGuestInfo's JSON, rebuilt only when the cache or the agent's presence changes.
+        self._guest_info_json: tuple[tuple[int, bool], str] | None = None
         self._log = structlog.get_logger().bind(part="commands", domain=self.domain)
 
     # --- registry -----------------------------------------------------------------------
@@ -754,15 +756,17 @@ class Commands:
         return _compact(doc)
 
     async def _get_guest_info(self) -> Any:
-        raw = self.agent.raw()
-        if not self.relay.agent_connected:
-            # The agent is gone (now): no agent version, so virt-freezer reports "No guest
-            # agent" and a backup hook succeeds instead of failing on a freeze that cannot
-            # work. The rest of what it last said stays (no flapping).
-            raw.pop("guest-info", None)
-        return cmd_pb2.GuestInfoResponse(
-            response=cmd_pb2.Response(success=True),
-            guestInfoResponse=_compact(guest_info.guest_info_json(raw)))
+        key = (self.agent.version, self.relay.agent_connected)
+        if self._guest_info_json is None or self._guest_info_json[0] != key:
+            raw = self.agent.raw()
+            if not self.relay.agent_connected:
+                # The agent is gone (now): no agent version, so virt-freezer reports "No
+                # guest agent" and a backup hook succeeds instead of failing on a freeze that
+                # cannot work. The rest of what it last said stays (no flapping).
+                raw.pop("guest-info", None)
+            self._guest_info_json = (key, _compact(guest_info.guest_info_json(raw)))
+        return cmd_pb2.GuestInfoResponse(response=cmd_pb2.Response(success=True),
+                                         guestInfoResponse=self._guest_info_json[1])
 
     async def _get_users(self) -> Any:
         return cmd_pb2.GuestUserListResponse(
