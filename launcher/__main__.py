@@ -52,7 +52,14 @@ def run(argv: list[str]) -> int:
              mode="session" if opts.run_as_nonroot else "system", uri=paths.uri,
              pid=os.getpid())
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return int(runner.run(Launcher(opts, paths).run()))
+        try:
+            return int(runner.run(Launcher(opts, paths).run()))
+        # The outermost boundary: a bug must end as one structured error line with its
+        # traceback and exit code 1, not as raw text on stderr (teardown already ran in the
+        # lifecycle's finally blocks).
+        except Exception:
+            log.exception("launcher failed unexpectedly")
+            return ExitCode.ERROR
 
 
 if __name__ == "__main__":
