@@ -57,8 +57,8 @@ def run(argv: list[str]) -> int:
         # The outermost boundary: a bug must end as one structured error line with its
         # traceback and exit code 1, not as raw text on stderr (teardown already ran in the
         # lifecycle's finally blocks).
-        except Exception:
-            log.exception("launcher failed unexpectedly")
+        except Exception as exc:
+            log.exception("launcher failed unexpectedly", error_type=type(exc).__name__)
             return ExitCode.ERROR
 
 
