@@ -49,21 +49,3 @@ def parse_duration(text: str) -> float:
         pos = m.end()
     return sign * total
 
-
-def format_duration(seconds: float) -> str:
-    """Render seconds the way Go's time.Duration.String() does for whole units."""
-    if seconds == 0:
-        return "0s"
-    if seconds < 1:
-        return f"{seconds * 1000:g}ms"
-    whole = int(seconds)
-    frac = seconds - whole
-    h, rem = divmod(whole, 3600)
-    m, s = divmod(rem, 60)
-    out = ""
-    if h:
-        out += f"{h}h"
-    if h or m:
-        out += f"{m}m"
-    out += f"{s + frac:g}s"
-    return out

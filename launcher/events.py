@@ -22,7 +22,6 @@ from launcher.domain_state import (
     AGENT_STATES,
     IO_ERROR_ACTIONS,
     WATCHDOG_ACTIONS,
-    lifecycle_name,
 )
 
 LIFECYCLE = "lifecycle"
@@ -47,11 +46,6 @@ class DomainEvent:
     detail: int | None = None
     info: dict[str, Any] = field(default_factory=dict)
     at: float = field(default_factory=time.monotonic)
-
-    def describe(self) -> str:
-        if self.kind == LIFECYCLE and self.event is not None:
-            return f"lifecycle {lifecycle_name(self.event, self.detail or 0)}"
-        return self.kind
 
 
 Sink = Callable[[DomainEvent], None]
