@@ -1,0 +1,68 @@
+"""What the converter needs besides the VMI: the launcher's settings and virt-handler's
+VirtualMachineOptions, as plain frozen values (no protobuf, no flags parsing here)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+HYPERVISOR_KVM = "kvm"
+HYPERVISOR_STRATOVIRT = "stratovirt"
+
+
+@dataclass(frozen=True)
+class SMBios:
+    """virt-handler's SMBios options (KubeVirt's defaults)."""
+
+    manufacturer: str = "KubeVirt"
+    product: str = "None"
+    family: str = "KubeVirt"
+    version: str = ""
+    sku: str = ""
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """The KubeVirt cluster settings virt-handler passes in VirtualMachineOptions."""
+
+    expand_disks: bool = False
+    free_page_reporting_disabled: bool = False
+    bochs_display_for_efi_guests: bool = False
+    serial_console_log_disabled: bool = False
+
+
+@dataclass(frozen=True)
+class DiskInfo:
+    """virt-handler's inspection of a container disk image (qemu-img info)."""
+
+    format: str = ""
+    backing_file: str = ""
+    actual_size: int = 0
+    virtual_size: int = 0
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    # type='qemu' (TCG) instead of 'kvm': --allow-emulation and KVM unusable on this host.
+    emulation: bool = False
+    hypervisor: str = HYPERVISOR_KVM
+    arch: str = "x86_64"
+    smbios: SMBios = SMBios()
+    cluster: ClusterConfig = ClusterConfig()
+    mem_balloon_stats_period: int = 10
+    ovmf_path: str = "/usr/share/OVMF"
+    # Directories, already under the runtime root (launcher.paths): the converter only
+    # joins names onto them.
+    private_dir: str = "/var/run/kubevirt-private"
+    ephemeral_disk_dir: str = "/var/run/kubevirt-ephemeral-disks"
+    container_disk_dir: str = "/var/run/kubevirt/container-disks"
+    hotplug_disk_dir: str = "/var/run/kubevirt/hotplug-disks"
+    disks_info: Mapping[str, DiskInfo] = field(default_factory=dict)
+    preallocated_volumes: frozenset[str] = frozenset()
+    # interface name -> "tap" | "managedTap" (virt-handler's pod network setup)
+    interface_attachment: Mapping[str, str] = field(default_factory=dict)
+    # The pod's exclusive host CPUs (its cgroup cpuset, KubeVirt's ConverterContext.CPUSet):
+    # what spec.domain.cpu.dedicatedCpuPlacement pins vCPUs (and the emulator) to.
+    dedicated_cpus: tuple[int, ...] = ()
+    # The StratoVirt binary, the domain's <emulator> under --hypervisor stratovirt.
+    stratovirt_emulator: str = "/usr/bin/stratovirt"

@@ -1,0 +1,68 @@
+"""What must exist on disk before the domain is defined: the converter's output beside the
+XML. The converter decides names and sizes (pure); launcher.disks carries them out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ContainerDiskOverlay:
+    """A containerDisk: a qcow2 overlay at `path` on the read-only image `backing`, so the
+    image itself is never written (KubeVirt's ephemeral disk)."""
+
+    volume: str
+    path: str
+    backing: str
+    backing_format: str  # "" -> probe it with qemu-img info
+
+
+@dataclass(frozen=True)
+class FileDisk:
+    """A persistentVolumeClaim / hostDisk image. `create_size` (bytes) when the VMI asks
+    for it to be created if missing (hostDisk DiskOrCreate); None: it must exist."""
+
+    volume: str
+    path: str
+    create_size: int | None = None
+
+
+@dataclass(frozen=True)
+class EmptyDisk:
+    """An emptyDisk: a fresh sparse qcow2 of `size` bytes, recreated on every start."""
+
+    volume: str
+    path: str
+    size: int
+
+
+@dataclass(frozen=True)
+class CloudInitIso:
+    """A cloud-init data source ISO: NoCloud (label "cidata": user-data, meta-data,
+    network-config) or ConfigDrive (label "config-2": openstack/latest/...)."""
+
+    volume: str
+    path: str
+    kind: str  # "noCloud" | "configDrive"
+    user_data: bytes
+    meta_data: bytes
+    network_data: bytes | None = None
+
+
+@dataclass(frozen=True)
+class ExistingFile:
+    """A file the domain reads that something else provides (a kernel boot artifact)."""
+
+    volume: str
+    path: str
+
+
+Prep = ContainerDiskOverlay | FileDisk | EmptyDisk | CloudInitIso | ExistingFile
+
+
+@dataclass(frozen=True)
+class Conversion:
+    name: str  # libvirt domain name, <namespace>_<name>
+    uuid: str
+    xml: str
+    preps: tuple[Prep, ...]

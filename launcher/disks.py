@@ -1,0 +1,309 @@
+"""Carry out the converter's disk preparations (launcher.converter.plan) before the domain
+is defined: the files the domain XML names must exist, with the right format and owner.
+Blocking (qemu-img, file I/O): the launcher runs prepare() in a worker thread.
+
+Matched KubeVirt behaviour
+- containerDisk: a qcow2 overlay on the read-only image, recreated every start
+  (pkg/ephemeral-disk: `qemu-img create -f qcow2 -b IMAGE -F FORMAT OVERLAY`), 0640.
+- emptyDisk: a fresh sparse qcow2 of the capacity (pkg/emptydisk).
+- hostDisk DiskOrCreate: a sparse raw file of the capacity when missing (pkg/host-disk's
+  createSparseRaw; there virt-handler does it).
+- cloud-init: an ISO 9660 image with Joliet and Rock Ridge (KubeVirt runs
+  `xorrisofs -joliet -rock`), label "cidata" (NoCloud: user-data, meta-data,
+  network-config) or "config-2" (ConfigDrive: openstack/latest/user_data, meta_data.json,
+  network_data.json), written to a temporary file and renamed into place.
+
+Deliberate differences
+- The ISO is built in-process with pycdlib (no xorriso in the image).
+- A containerDisk format virt-handler did not report is probed with qemu-img info, and an
+  image that turns out to have a backing file is refused: a raw image crafted to look
+  like qcow2 could otherwise point QEMU at any file the launcher can read.
+- Every created file is made atomically (temporary name, then rename), so a crash never
+  leaves a half-written image under the name the domain uses.
+
+Errors are DiskError(volume, message), naming the volume and the path; qemu-img's own
+message is included when it fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import stat
+import subprocess
+from collections.abc import Callable, Sequence
+
+from launcher.converter.plan import (
+    CloudInitIso,
+    ContainerDiskOverlay,
+    EmptyDisk,
+    ExistingFile,
+    FileDisk,
+    Prep,
+)
+
+DIR_MODE = 0o750
+FILE_MODE = 0o640
+QEMU_IMG_TIMEOUT_S = 120
+BACKING_FORMATS = ("raw", "qcow2")
+NO_CLOUD_LABEL = "cidata"
+CONFIG_DRIVE_LABEL = "config-2"
+
+
+class DiskError(Exception):
+    """A disk the domain needs could not be prepared."""
+
+    def __init__(self, volume: str, message: str) -> None:
+        self.volume = volume
+        self.message = message
+        super().__init__(f'volume "{volume}": {message}')
+
+
+Owner = tuple[int, int]
+
+
+def prepare(preps: Sequence[Prep], *, owner: Owner | None = None) -> None:
+    """Make every file in `preps` exist as the domain expects it. `owner` (uid, gid): who
+    gets the files and directories created here (QEMU's user, e.g. 107:107)."""
+    for prep in preps:
+        match prep:
+            case ContainerDiskOverlay():
+                _overlay(prep, owner)
+            case FileDisk():
+                _file_disk(prep, owner)
+            case EmptyDisk():
+                _empty_disk(prep, owner)
+            case CloudInitIso():
+                _cloud_init_iso(prep, owner)
+            case ExistingFile():
+                _existing(prep.volume, prep.path)
+
+
+# --- the record kinds -----------------------------------------------------------------------
+def _overlay(prep: ContainerDiskOverlay, owner: Owner | None) -> None:
+    _existing(prep.volume, prep.backing, what="container disk image")
+    _readable(prep.volume, prep.backing)
+    fmt = prep.backing_format or _probe_format(prep.volume, prep.backing)
+    if fmt not in BACKING_FORMATS:
+        raise DiskError(prep.volume, f"{prep.backing} is a {fmt} image; only raw and qcow2 "
+                                     f"container disks are supported")
+
+    def create(tmp: str) -> None:
+        _qemu_img(prep.volume, "create", "-f", "qcow2", "-F", fmt, "-b", prep.backing, tmp)
+
+    _atomic_create(prep.volume, prep.path, owner, create)
+
+
+def _file_disk(prep: FileDisk, owner: Owner | None) -> None:
+    try:
+        _existing(prep.volume, prep.path)
+    except DiskError:
+        if prep.create_size is None or os.path.lexists(prep.path):
+            raise
+        _create_sparse(prep, prep.create_size, owner)
+        return
+    _readable(prep.volume, prep.path)
+
+
+def _empty_disk(prep: EmptyDisk, owner: Owner | None) -> None:
+    def create(tmp: str) -> None:
+        _qemu_img(prep.volume, "create", "-f", "qcow2", tmp, str(prep.size))
+
+    _atomic_create(prep.volume, prep.path, owner, create)
+
+
+def _cloud_init_iso(prep: CloudInitIso, owner: Owner | None) -> None:
+    if prep.kind not in ("noCloud", "configDrive"):
+        raise DiskError(prep.volume, f"unknown cloud-init data source {prep.kind!r}")
+
+    def create(tmp: str) -> None:
+        _write_iso(prep, tmp)
+
+    _atomic_create(prep.volume, prep.path, owner, create)
+
+
+def _existing(volume: str, path: str, what: str = "disk image") -> None:
+    """`path` must be a regular file or a block device."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise DiskError(volume, f"{what} {path} does not exist") from None
+    except OSError as exc:
+        raise DiskError(volume, f"{what} {path}: {exc.strerror}") from None
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+        raise DiskError(volume, f"{what} {path} is not a regular file or block device")
+
+
+def _readable(volume: str, path: str) -> None:
+    if not os.access(path, os.R_OK):
+        raise DiskError(volume, f"{path} is not readable")
+
+
+# --- file creation --------------------------------------------------------------------------
+def _ensure_dir(volume: str, path: str, owner: Owner | None) -> None:
+    """Create `path` and missing parents, DIR_MODE and owned by `owner`: QEMU running as
+    that user must be able to reach the files in them."""
+    missing: list[str] = []
+    current = path
+    while current and not os.path.isdir(current):
+        missing.append(current)
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, DIR_MODE)
+            os.chmod(directory, DIR_MODE)  # mkdir's mode is filtered by the umask
+            if owner is not None:
+                os.chown(directory, *owner)
+        except FileExistsError:
+            continue  # created concurrently; fine
+        except OSError as exc:
+            raise DiskError(volume, f"cannot create directory {directory}: "
+                                    f"{exc.strerror}") from None
+
+
+def _finish(path: str, owner: Owner | None) -> None:
+    os.chmod(path, FILE_MODE)
+    if owner is not None:
+        os.chown(path, *owner)
+
+
+def _atomic_create(volume: str, path: str, owner: Owner | None,
+                   write: Callable[[str], None]) -> None:
+    """Write a fresh file with `write(temporary path)`, then rename it to `path`, replacing
+    whatever was there."""
+    directory, name = os.path.split(path)
+    _ensure_dir(volume, directory, owner)
+    tmp = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
+    _remove(tmp)
+    try:
+        write(tmp)
+        _finish(tmp, owner)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise DiskError(volume, f"cannot create {path}: {exc.strerror}") from None
+    finally:
+        _remove(tmp)
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _create_sparse(prep: FileDisk, size: int, owner: Owner | None) -> None:
+    """hostDisk DiskOrCreate: created in place with O_EXCL, so a file that appears
+    meanwhile (virt-handler creates these too) is never replaced."""
+    _ensure_dir(prep.volume, os.path.dirname(prep.path), owner)
+    try:
+        fd = os.open(prep.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                     FILE_MODE)
+    except FileExistsError:
+        _existing(prep.volume, prep.path)
+        return
+    except OSError as exc:
+        raise DiskError(prep.volume, f"cannot create {prep.path}: {exc.strerror}") from None
+    try:
+        os.ftruncate(fd, size)
+        os.close(fd)
+        _finish(prep.path, owner)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        _remove(prep.path)
+        raise DiskError(prep.volume, f"cannot create {prep.path} ({size} bytes): "
+                                     f"{exc.strerror}") from None
+
+
+# --- qemu-img -------------------------------------------------------------------------------
+def _qemu_img(volume: str, *args: str) -> str:
+    """qemu-img's stdout; a DiskError with its stderr when it fails."""
+    command = ["qemu-img", *args]
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, check=False,
+                              timeout=QEMU_IMG_TIMEOUT_S)
+    except FileNotFoundError:
+        raise DiskError(volume, "qemu-img is not installed") from None
+    except subprocess.TimeoutExpired:
+        raise DiskError(volume, f"{' '.join(command)} did not finish within "
+                                f"{QEMU_IMG_TIMEOUT_S}s") from None
+    except OSError as exc:
+        raise DiskError(volume, f"cannot run qemu-img: {exc.strerror}") from None
+    if proc.returncode != 0:
+        detail = proc.stderr.strip() or f"exit status {proc.returncode}"
+        raise DiskError(volume, f"{' '.join(command)} failed: {detail}")
+    return proc.stdout
+
+
+def _probe_format(volume: str, image: str) -> str:
+    """The image's format by qemu-img's probing; refuses images with a backing file."""
+    # -U: the image may be open in another QEMU (a container disk shared read-only).
+    out = _qemu_img(volume, "info", "--output=json", "-U", image)
+    try:
+        info = json.loads(out)
+    except ValueError:
+        raise DiskError(volume, f"qemu-img info {image}: unreadable output") from None
+    if not isinstance(info, dict) or not isinstance(info.get("format"), str):
+        raise DiskError(volume, f"qemu-img info {image}: no format reported")
+    if info.get("backing-filename"):
+        raise DiskError(volume, f"container disk {image} has a backing file "
+                                f"({info['backing-filename']}); refused")
+    fmt: str = info["format"]
+    return fmt
+
+
+# --- cloud-init ISO -------------------------------------------------------------------------
+def _iso_files(prep: CloudInitIso) -> tuple[str, list[str], dict[str, bytes]]:
+    """(volume label, directories, file path -> content) of the data source's layout."""
+    if prep.kind == "noCloud":
+        files = {"user-data": prep.user_data, "meta-data": prep.meta_data}
+        if prep.network_data is not None:
+            files["network-config"] = prep.network_data
+        return NO_CLOUD_LABEL, [], files
+    base = "openstack/latest"
+    files = {f"{base}/user_data": prep.user_data, f"{base}/meta_data.json": prep.meta_data}
+    if prep.network_data is not None:
+        files[f"{base}/network_data.json"] = prep.network_data
+    return CONFIG_DRIVE_LABEL, ["openstack", base], files
+
+
+def _iso9660_path(path: str, *, is_file: bool) -> str:
+    """ISO 9660 level 3 name for a Rock Ridge / Joliet path ("user-data" ->
+    "/USER_DATA.;1"); guests read the Rock Ridge / Joliet names."""
+    parts = [part.upper().replace("-", "_") for part in path.split("/")]
+    if is_file:
+        leaf = parts[-1] if "." in parts[-1] else f"{parts[-1]}."
+        parts[-1] = f"{leaf};1"
+    return "/" + "/".join(parts)
+
+
+def _write_iso(prep: CloudInitIso, out_path: str) -> None:
+    # Imported here: pycdlib is only needed when a VMI has a cloud-init volume, and the
+    # launcher's memory is budgeted.
+    import pycdlib  # noqa: PLC0415
+    from pycdlib.pycdlibexception import PyCdlibException  # noqa: PLC0415
+
+    label, directories, files = _iso_files(prep)
+    iso = pycdlib.PyCdlib()
+    try:
+        iso.new(interchange_level=3, vol_ident=label, joliet=3, rock_ridge="1.09")
+        for directory in directories:
+            iso.add_directory(_iso9660_path(directory, is_file=False),
+                              rr_name=directory.rsplit("/", 1)[-1],
+                              joliet_path=f"/{directory}")
+        for path, content in files.items():
+            iso.add_fp(io.BytesIO(content), len(content),
+                       _iso9660_path(path, is_file=True),
+                       rr_name=path.rsplit("/", 1)[-1], joliet_path=f"/{path}")
+        with open(out_path, "wb") as out:
+            iso.write_fp(out)
+    except PyCdlibException as exc:
+        raise DiskError(prep.volume, f"cannot build the cloud-init ISO {prep.path}: "
+                                     f"{exc}") from None
+    finally:
+        with contextlib.suppress(PyCdlibException):  # not open when new() failed
+            iso.close()
