@@ -1,18 +1,23 @@
 #!/usr/bin/env python3
 """`make demo`: a VM's life under py-virt-launcher, end to end, with real parts.
 
-virt-launcher-monitor starts virt-launcher in a temporary runtime root; the launcher brings
-up virtlogd and libvirtd, relays libvirt events to a notify receiver (virt-launcher-events,
-standing in for virt-handler), and serves KubeVirt's command API. The tiny test guest is
-defined and started as virt-handler's Sync would; we watch the snapshots, ask GetDomain,
-pause/resume, kill -9 libvirtd under the running VM, then SIGTERM: ACPI shutdown, final
-snapshot, clean exit, nothing left running.
+virt-launcher-monitor starts virt-launcher in a temporary runtime root with
+STANDALONE_VMI set to the demo VMI (the tiny test guest as a KubeVirt VMI: kernel boot from
+a kernel-boot container, a containerDisk data disk, a cloud-init NoCloud ISO, a slirp NIC,
+the guest agent channel). The launcher brings up virtlogd and libvirtd, relays libvirt
+events to a notify receiver (virt-launcher-events, standing in for virt-handler), serves
+KubeVirt's command API, and syncs the VMI itself: converts it to a domain, prepares the
+disks, defines and starts it. We wait for the guest agent, ask GetDomain and GetGuestInfo,
+Sync the VMI again over gRPC, freeze/thaw with virt-freezer, pause/resume, kill -9 libvirtd
+under the running VM, then SIGTERM: ACPI shutdown, final snapshot, clean exit, nothing left
+running. Exit status 0 only when every step worked.
 
 Run as a module from the repository root: python -m hack.demo
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -27,10 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import libvirt
 import psutil
+import yaml
 
-from hack.guestvm import AGENT_CHANNEL, domain_xml, guest_env
+from hack.guestvm import AGENT_CHANNEL, stage, vmi
 from launcher import flags
 from launcher._proto.kubevirt.cmd.v1 import cmd_pb2, cmd_pb2_grpc
 from launcher.paths import Paths, derive
@@ -129,11 +134,67 @@ def wait_log(log: Path, msg: str, proc: subprocess.Popen[bytes], timeout: float,
     raise SystemExit(f"timed out waiting for {msg!r}")
 
 
-def get_domain(paths: Paths) -> dict[str, Any]:
-    with grpc.insecure_channel(f"unix:{paths.cmd_socket}") as channel:
-        resp = cmd_pb2_grpc.CmdStub(channel).GetDomain(cmd_pb2.EmptyRequest(), timeout=5)
-    doc: dict[str, Any] = json.loads(resp.domain)
-    return doc
+class Cmd:
+    """virt-handler's side of the command socket."""
+
+    def __init__(self, paths: Paths, doc: dict[str, Any]) -> None:
+        self.channel = grpc.insecure_channel(f"unix:{paths.cmd_socket}")
+        self.stub = cmd_pb2_grpc.CmdStub(self.channel)
+        self.doc = doc
+
+    def request(self, doc: dict[str, Any] | None = None) -> Any:
+        raw = json.dumps(doc or self.doc).encode()
+        return cmd_pb2.VMIRequest(vmi=cmd_pb2.VMI(vmiJson=raw))
+
+    def vmi_call(self, rpc: str, doc: dict[str, Any] | None = None) -> Any:
+        resp = getattr(self.stub, rpc)(self.request(doc), timeout=60)
+        if not resp.success:
+            raise SystemExit(f"{rpc} failed: {resp.message}")
+        return resp
+
+    def domain(self) -> dict[str, Any]:
+        resp = self.stub.GetDomain(cmd_pb2.EmptyRequest(), timeout=5)
+        doc: dict[str, Any] = json.loads(resp.domain)
+        return doc
+
+    def guest_info(self) -> dict[str, Any]:
+        resp = self.stub.GetGuestInfo(cmd_pb2.EmptyRequest(), timeout=5)
+        doc: dict[str, Any] = json.loads(resp.guestInfoResponse)
+        return doc
+
+
+def wait(pred: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def to_yaml(doc: dict[str, Any]) -> str:
+    """YAML as a pod spec would carry it; multi-line strings (user data) as blocks."""
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    def text(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+        style = "|" if "\n" in value else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+    Dumper.add_representer(str, text)
+    return yaml.dump(doc, Dumper=Dumper, sort_keys=False)
+
+
+def freezer(paths: Paths, *args: str) -> str:
+    r = subprocess.run([str(BIN / "virt-freezer"), "--name", "demo", "--namespace", "default",
+                        "--socket", paths.cmd_socket, *args],
+                       capture_output=True, text=True, timeout=120, check=False)
+    output = "; ".join(line for line in (r.stdout + r.stderr).splitlines() if line.strip())
+    say(f"    $ virt-freezer {' '.join(args)} -> exit {r.returncode}: {output}")
+    if r.returncode != 0:
+        raise SystemExit(f"virt-freezer {' '.join(args)} failed")
+    return r.stdout
 
 
 def main() -> int:
@@ -144,65 +205,92 @@ def main() -> int:
     root = base / "root"
     root.mkdir()
     log = base / "launcher.log"
+    uid = "0b8f-demo"  # short: the console socket lives under <root>/.../<uid>/
+    # --allow-emulation: KVM is unusable on these machines; the launcher probes it and
+    # falls back to TCG (<domain type='qemu'>).
     args = ["--runtime-root", str(root), "--name", "demo", "--namespace", "default",
-            "--uid", "0b8f-demo", "--grace-period-seconds", "30"]
+            "--uid", uid, "--grace-period-seconds", "30", "--allow-emulation"]
     paths = derive(flags.parse(args, environ={}))
+    doc = vmi(name="demo", namespace="default", uid=uid)
     ok = False
     procs: list[subprocess.Popen[bytes]] = []
+    t_start = time.monotonic()
     try:
+        step("the demo VMI (STANDALONE_VMI), its files staged as virt-handler mounts them")
+        stage(paths.container_disk_dir)
+        text = to_yaml(doc)
+        for line in text.splitlines():
+            say(f"    {line}")
+
         step("notify receiver (virt-handler's side): virt-launcher-events")
-        os.makedirs(os.path.dirname(paths.notify_socket), mode=0o755)
+        os.makedirs(os.path.dirname(paths.notify_socket), mode=0o755, exist_ok=True)
         receiver = subprocess.Popen(
             [str(BIN / "virt-launcher-events"), "--socket", paths.notify_socket],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
         procs.append(receiver)
         events = Events(receiver)
 
-        step(f"virt-launcher-monitor {' '.join(args)}")
+        step(f"STANDALONE_VMI=<the VMI above> virt-launcher-monitor {' '.join(args)}")
         with open(log, "wb") as out:
             monitor = subprocess.Popen([str(BIN / "virt-launcher-monitor"), *args],
                                        stdout=out, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL)
+                                       stdin=subprocess.DEVNULL,
+                                       env={**os.environ, "STANDALONE_VMI": text})
         procs.append(monitor)
         t0 = time.monotonic()
         seen = wait_log(log, "launcher running", monitor, 30, 0)
         say(f"    ready (launcher-sock present) in {time.monotonic() - t0:.2f}s")
+        seen = wait_log(log, "synced", monitor, 60, seen)
+        say(f"    VMI converted, disks prepared, domain defined and started "
+            f"{time.monotonic() - t0:.2f}s after the start")
 
-        step(f"virsh -c '{paths.uri}' list --all")
-        r = subprocess.run(["virsh", "-c", paths.uri, "list", "--all"], capture_output=True,
-                           text=True, check=True)
-        for line in r.stdout.strip().splitlines():
-            say(f"    {line}")
-
-        step("define + start the test guest (what virt-handler's Sync does), wait for the agent")
-        disk = root / "data.ext4"
-        shutil.copy(guest_env()["GUEST_DATA_DISK"], disk)
-        conn = libvirt.open(paths.uri)
-        dom = conn.defineXML(domain_xml(domain=paths.domain, uid="0b8f-demo", disk=disk,
-                                        agent_socket=root / "qga.sock",
-                                        console_log=root / "console.log"))
-        t1 = time.monotonic()
-        dom.create()
+        step("wait for the guest: Running with the guest agent connected")
         events.wait(lambda e: agent_state(e) == "connected", 120, "agent connected")
-        say(f"    Running with the guest agent connected after {time.monotonic() - t1:.1f}s")
+        say(f"    agent connected {time.monotonic() - t0:.1f}s after the start")
         seen = launcher_log(log, seen)
+        cmd = Cmd(paths, doc)
 
-        step("Cmd.GetDomain over launcher-sock (as virt-handler asks)")
-        d = get_domain(paths)
+        step("Cmd.GetDomain and Cmd.GetGuestInfo over launcher-sock (as virt-handler asks)")
+        d = cmd.domain()
         say(f"    {d['ObjectMeta']['namespace']}/{d['ObjectMeta']['name']}: "
             f"{d['Status']['Status']}/{d['Status']['Reason']}, uuid {d['Spec']['UUID']}")
+        def filled() -> dict[str, Any] | None:
+            i = cmd.guest_info()
+            return i if i.get("hostname") and (i.get("fsInfo") or {}).get("disks") else None
 
-        step("pause and resume through libvirt")
-        dom.suspend()
+        info = wait(filled, 60, "guest info from the agent")
+        mounts = [f"{f['mountPoint']} ({f['fileSystemType']})"
+                  for f in info["fsInfo"]["disks"]]
+        say(f"    hostname {info['hostname']}, os {info['os']['prettyName']}, agent "
+            f"{info['guestAgentVersion']}, filesystems {', '.join(mounts)}, "
+            f"fsFreezeStatus {info['fsFreezeStatus']}")
+
+        step("Cmd.SyncVirtualMachine with the same VMI, then with more memory")
+        say(f"    same VMI: {cmd.vmi_call('SyncVirtualMachine').message}")
+        bigger = json.loads(json.dumps(doc))
+        bigger["spec"]["domain"]["resources"]["requests"]["memory"] = "320Mi"
+        say(f"    320Mi: {cmd.vmi_call('SyncVirtualMachine', bigger).message}")
+        seen = launcher_log(log, seen)
+
+        step("virt-freezer (a Velero backup hook): freeze, status, unfreeze")
+        freezer(paths, "--freeze", "--unfreezeTimeoutSeconds", "60")
+        if json.loads(freezer(paths, "--status"))["fsFreezeStatus"] != "frozen":
+            raise SystemExit("the guest is not frozen")
+        freezer(paths, "--unfreeze")
+        if json.loads(freezer(paths, "--status"))["fsFreezeStatus"] != "thawed":
+            raise SystemExit("the guest is not thawed")
+        seen = launcher_log(log, seen)
+
+        step("Cmd.PauseVirtualMachine and UnpauseVirtualMachine")
+        cmd.vmi_call("PauseVirtualMachine")
         events.wait(lambda e: e["domain"]["Status"]["Status"] == "Paused", 10, "Paused")
-        dom.resume()
+        cmd.vmi_call("UnpauseVirtualMachine")
         events.wait(lambda e: e["domain"]["Status"]["Status"] == "Running", 10, "Running")
 
         step(f"kill -9 {paths.daemon} under the running VM")
         qemu_pid = int(Path(paths.qemu_pidfile).read_text())
         mon = psutil.Process(monitor.pid)
         daemon = next(p for p in mon.children(recursive=True) if p.name() == paths.daemon)
-        conn.close()
         daemon.kill()
         n = len(events.lines)
         deadline = time.monotonic() + 15
@@ -229,15 +317,37 @@ def main() -> int:
         ok = (code == 0 and not left and final is not None
               and final["domain"]["Status"]["Status"] == "Shutoff"
               and "deletionTimestamp" in final["domain"]["ObjectMeta"])
-        step("demo " + ("succeeded" if ok else "FAILED") + f" (full log: {log})")
+        step("demo " + ("succeeded" if ok else "FAILED")
+             + f" in {time.monotonic() - t_start:.1f}s (full log: {log})")
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        cleanup(procs, root)
         if ok:
             shutil.rmtree(base, ignore_errors=True)
     return 0 if ok else 1
+
+
+def cleanup(procs: list[subprocess.Popen[bytes]], root: Path) -> None:
+    """After a failed step too, nothing may stay running: the monitor gets SIGTERM (graceful
+    shutdown), a second one (destroy now), SIGKILL last; then anything still referencing
+    the runtime root (a launcher orphaned by the kill, its daemons, QEMU) is killed."""
+    for p in reversed(procs):  # the monitor first, the notify receiver last
+        for sig, wait_s in ((signal.SIGTERM, 10.0), (signal.SIGTERM, 20.0),
+                            (signal.SIGKILL, 5.0)):
+            if p.poll() is not None:
+                break
+            p.send_signal(sig)
+            try:
+                p.wait(wait_s)
+            except subprocess.TimeoutExpired:
+                continue
+    left = [p for p in psutil.process_iter(["cmdline"])
+            if any(str(root) in a for a in p.info["cmdline"] or ())]
+    for proc in left:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(left, timeout=5)
+    if left:
+        say(f"    killed {len(left)} leftover processes of the runtime root")
 
 
 if __name__ == "__main__":

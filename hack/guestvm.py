@@ -1,19 +1,30 @@
-"""The tiny test guest (hack/build-guest.sh) as a libvirt domain: used by the e2e tests and
-the demo until the converter (VMI -> XML) defines domains itself."""
+"""The tiny test guest (hack/build-guest.sh) two ways: as a KubeVirt VirtualMachineInstance
+(`vmi`, with `stage` putting its files where virt-handler would mount them), which the
+launcher converts and defines itself (SyncVirtualMachine, STANDALONE_VMI); and as a ready
+libvirt domain (`domain_xml`), which tests define directly."""
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 import uuid
 from pathlib import Path
+from typing import Any
 from xml.sax.saxutils import escape
+
+from launcher.converter.machine import KERNEL_BOOT_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 GUEST_DIR = REPO / ".cache" / "guest"
 AGENT_CHANNEL = "org.qemu.guest_agent.0"
 GUEST_MAC = "52:54:00:fe:a5:01"
 GUEST_IP = "192.0.2.10"  # TEST-NET-1: set statically in the guest, never routed anywhere
+# Where the VMI's kernel-boot container has the artifacts; only the base names matter to
+# the launcher (virt-handler mounts them under <container-disk-dir>/kernel-boot/).
+KERNEL_PATH = "/boot/vmlinuz"
+INITRD_PATH = "/boot/initramfs.cpio.gz"
+DATA_VOLUME_INDEX = 0  # the containerDisk is spec.volumes[0]: <container-disk-dir>/disk_0.img
 
 
 def guest_env() -> dict[str, str]:
@@ -87,3 +98,64 @@ def domain_xml(*, domain: str, uid: str, disk: Path, agent_socket: Path, console
     <memballoon model='none'/>
   </devices>
 </domain>"""
+
+
+def vmi(*, name: str, namespace: str, uid: str, ignore_acpi: bool = False,
+        memory: str = "256Mi", nic: bool = True) -> dict[str, Any]:
+    """The test guest as a KubeVirt VMI: direct kernel boot from a kernel-boot container, the
+    ext4 data disk as a containerDisk (vda, mounted on /mnt/data), a NoCloud cloud-init disk,
+    a user-mode (slirp) NIC with the guest's MAC and static address (no tap device exists
+    in a test pod), the serial console, 1 vCPU, no graphics. `stage` puts the files where
+    the launcher looks for them."""
+    env = guest_env()
+    args = env["GUEST_CMDLINE_BASE"] + (" pvl.ignore_acpi=1" if ignore_acpi else "")
+    if nic:
+        args += f" pvl.ip={GUEST_IP}/24"
+    devices: dict[str, Any] = {
+        "autoattachGraphicsDevice": False,
+        "disks": [{"name": "datadisk", "disk": {"bus": "virtio"}},
+                  {"name": "cloudinitdisk", "disk": {"bus": "virtio"}}],
+    }
+    spec: dict[str, Any] = {
+        "domain": {
+            "cpu": {"cores": 1},
+            "resources": {"requests": {"memory": memory}},
+            "machine": {"type": "q35"},
+            "firmware": {"kernelBoot": {
+                "kernelArgs": args,
+                "container": {"image": "localhost/pvl-test-guest:latest",
+                              "kernelPath": KERNEL_PATH, "initrdPath": INITRD_PATH}}},
+            "devices": devices,
+        },
+        "terminationGracePeriodSeconds": 30,
+        "volumes": [
+            {"name": "datadisk",
+             "containerDisk": {"image": "localhost/pvl-test-guest-data:latest"}},
+            {"name": "cloudinitdisk",
+             "cloudInitNoCloud": {"userData": "#cloud-config\nhostname: testguest\n"}},
+        ],
+    }
+    if nic:
+        devices["interfaces"] = [{"name": "default", "slirp": {}, "macAddress": GUEST_MAC}]
+        spec["networks"] = [{"name": "default", "pod": {}}]
+    else:
+        devices["autoattachPodInterface"] = False
+    return {"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+            "metadata": {"name": name, "namespace": namespace, "uid": uid},
+            "spec": spec}
+
+
+def stage(container_disk_dir: str | Path) -> None:
+    """What virt-handler's container-disk mounts provide for `vmi()`: the kernel and initrd
+    under <container-disk-dir>/kernel-boot/ and the data image as disk_0.img (links to the
+    build: the image is only a read-only backing file, each VM writes its own overlay)."""
+    env = guest_env()
+    base = Path(container_disk_dir)
+    links = {base / KERNEL_BOOT_DIR / Path(KERNEL_PATH).name: env["GUEST_KERNEL"],
+             base / KERNEL_BOOT_DIR / Path(INITRD_PATH).name: env["GUEST_INITRD"],
+             base / f"disk_{DATA_VOLUME_INDEX}.img": env["GUEST_DATA_DISK"]}
+    for link, target in links.items():
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        os.symlink(target, link)

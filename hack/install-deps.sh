@@ -8,7 +8,7 @@ PKGS=(
   qemu-system-x86 qemu-utils qemu-guest-agent
   libvirt-dev pkg-config gcc
   busybox-static cpio gzip e2fsprogs
-  util-linux procps iproute2 libxml2-utils passwd
+  util-linux procps iproute2 libxml2-utils passwd genisoimage
   python3 python3-venv python3-dev make
 )
 

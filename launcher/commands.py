@@ -18,9 +18,11 @@ Semantics follow KubeVirt's cmd-server and LibvirtDomainManager (pkg/virt-launch
   the command's name itself, so ours do not repeat it.
 - Requests naming a VMI are validated first (launcher.vmi): malformed JSON or another
   VMI than ours is refused before libvirt is touched.
-- SyncVirtualMachine is not here (the converter issue); migration, hotplug, SEV, backup,
-  checkpoint and device rpcs answer "<Rpc> is not supported by this launcher"; GetVMStats
-  answers gRPC UNIMPLEMENTED.
+- SyncVirtualMachine goes through launcher.sync.Syncer (convert, prepare the disks, define
+  and start; on a running domain, update the definition and say what needs a restart).
+  Beyond KubeVirt, a VMI whose uid differs from --uid (another incarnation of the same
+  name) is refused. Migration, hotplug, SEV, backup, checkpoint and device rpcs answer
+  "<Rpc> is not supported by this launcher"; GetVMStats answers gRPC UNIMPLEMENTED.
 
 Beyond KubeVirt, each documented where it happens: explicit "domain not running/paused"
 messages instead of libvirt's generic ones, Exec arguments JSON-encoded (KubeVirt splices
@@ -58,15 +60,15 @@ from launcher.domain_state import State, status_and_reason
 from launcher.flags import Options
 from launcher.freeze import FreezeError, FreezeManager
 from launcher.libvirt_conn import Connection
+from launcher.libvirt_errors import libvirt_message, unsupported_flags
 from launcher.relay import DomainRead, DomainRelay
+from launcher.sync import Syncer, SyncError, uid_mismatch
 from launcher.vmi import VMI, VMIError
 from launcher.vmi import parse as parse_vmi
 
 T = TypeVar("T")
 
 CMD_SERVICE = cmd_pb2.DESCRIPTOR.services_by_name["Cmd"]
-# Served later (the converter issue): the cmd server's "not implemented yet" answer stays.
-NOT_HERE = frozenset({"SyncVirtualMachine"})
 UNSUPPORTED = (
     "MigrateVirtualMachine", "SyncMigrationTarget", "CancelVirtualMachineMigration",
     "SignalTargetPodCleanup", "FinalizeVirtualMachineMigration", "HotplugHostDevices",
@@ -96,34 +98,6 @@ _HEALTHY_PAUSE = frozenset({"User", "Migration", "Save", "Dump", "FromSnapshot",
                             "ShuttingDown", "Snapshot", "StartingUp", "Postcopy"})
 
 
-# --- libvirt errors in messages -------------------------------------------------------------
-def _error_names() -> dict[int, str]:
-    names: dict[int, str] = {}
-    # VIR_ERR_NONE/WARNING/ERROR are error *levels* sharing the values 0..2 with codes.
-    levels = {"VIR_ERR_NONE", "VIR_ERR_WARNING", "VIR_ERR_ERROR"}
-    for name, value in vars(libvirt).items():
-        if (name.startswith("VIR_ERR_") and isinstance(value, int) and name not in levels
-                and not name.endswith("_LAST")):
-            names.setdefault(value, name)
-    return names
-
-
-ERROR_NAMES = _error_names()
-
-
-def libvirt_message(exc: libvirt.libvirtError) -> str:
-    """'libvirt error 55 (VIR_ERR_OPERATION_INVALID): Requested operation is not valid: ...'"""
-    code = exc.get_error_code()
-    name = ERROR_NAMES.get(code, "VIR_ERR_UNKNOWN") if code is not None else "VIR_ERR_UNKNOWN"
-    return f"libvirt error {code} ({name}): {exc.get_error_message() or exc}"
-
-
-def _unsupported_flags(exc: libvirt.libvirtError) -> bool:
-    # virCheckFlags' error: the driver does not know a flag we passed.
-    return (exc.get_error_code() == libvirt.VIR_ERR_INVALID_ARG
-            and "unsupported flags" in (exc.get_error_message() or ""))
-
-
 def _with_flags(fn: Callable[[int], T], preferred: int, fallback: int) -> T:
     """fn(preferred); if the driver rejects those flags, fn(fallback). Blocking.
 
@@ -134,7 +108,7 @@ def _with_flags(fn: Callable[[int], T], preferred: int, fallback: int) -> T:
     try:
         return fn(preferred)
     except libvirt.libvirtError as exc:
-        if not _unsupported_flags(exc):
+        if not unsupported_flags(exc):
             raise
     return fn(fallback)
 
@@ -337,7 +311,7 @@ class _Dump:
 
 class Commands:
     def __init__(self, opts: Options, conn: Connection, relay: DomainRelay, agent: AgentCache,
-                 freeze: FreezeManager) -> None:
+                 freeze: FreezeManager, *, syncer: Syncer | None = None) -> None:
         self.opts = opts
         self.conn = conn
         self.relay = relay
@@ -345,6 +319,8 @@ class Commands:
         self.freeze = freeze
         self.domain = relay.domain
         self._paths = paths.derive(opts)
+        self.syncer = syncer or Syncer(opts=opts, paths=self._paths, conn=conn,
+                                       domain=self.domain)
         self._modify = asyncio.Lock()  # check-then-act on the domain state, one at a time
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stats = _TimedCache(DOMAIN_STATS_CACHE_S, self._domain_stats, self._tasks)
@@ -358,6 +334,7 @@ class Commands:
     # --- registry -----------------------------------------------------------------------
     def handlers(self) -> dict[str, Handler]:
         table: dict[str, Handler] = {
+            "SyncVirtualMachine": self._vmi_rpc("SyncVirtualMachine", self._sync),
             "PauseVirtualMachine": self._vmi_rpc("PauseVirtualMachine", self._pause),
             "UnpauseVirtualMachine": self._vmi_rpc("UnpauseVirtualMachine", self._unpause),
             "FreezeVirtualMachine": self._vmi_rpc("FreezeVirtualMachine", self._freeze),
@@ -387,7 +364,7 @@ class Commands:
             table[rpc] = self._unsupported(rpc)
         for rpc in UNIMPLEMENTED_STATUS:
             table[rpc] = self._unimplemented(rpc)
-        missing = {m.name for m in CMD_SERVICE.methods} - NOT_HERE - set(table)
+        missing = {m.name for m in CMD_SERVICE.methods} - set(table)
         if missing:  # a new rpc in the proto must be decided on, not silently defaulted
             raise RuntimeError(f"rpcs without a handler: {sorted(missing)}")
         return table
@@ -407,7 +384,7 @@ class Commands:
             try:
                 vmi = parse_vmi(request.vmi.vmiJson, domain=self.domain)
                 result = await body(vmi, request)
-            except (VMIError, RpcFailure, FreezeError, ConnectionError) as exc:
+            except (VMIError, RpcFailure, FreezeError, SyncError, ConnectionError) as exc:
                 self._log.warning("rpc refused", rpc=rpc, error=str(exc))
                 return failure(rpc, str(exc))
             except libvirt.libvirtError as exc:
@@ -473,6 +450,14 @@ class Commands:
                          f"({_status_name(read)})")
 
     # --- VMI rpcs -----------------------------------------------------------------------
+    async def _sync(self, vmi: VMI, request: Any) -> Any:
+        mismatch = uid_mismatch(vmi.uid, self.opts.uid)
+        if mismatch is not None:
+            raise RpcFailure(f"vmi: {mismatch}")
+        options = request.options if request.HasField("options") else None
+        result = await self.syncer.sync(vmi.raw, options)
+        return _ok("SyncVirtualMachine", result.message)
+
     async def _pause(self, vmi: VMI, request: Any) -> None:
         async with self._modify:
             read = await self._read()

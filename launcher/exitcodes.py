@@ -15,3 +15,7 @@ class ExitCode(IntEnum):
     LIBVIRT_UNREACHABLE = 11  # the daemon is up but libvirt could not be connected to
     SETUP_FAILED = 12  # directories or config files could not be written
     QEMU_TIMEOUT = 13  # no domain / no QEMU within --qemu-timeout (diagnosis logged)
+    # STANDALONE_VMI could not be used: invalid (bad YAML/JSON, a field the converter
+    # refuses, a name/namespace/uid other than the flags') or its domain could not be
+    # prepared, defined or started. One error log line names the field or the failing step.
+    STANDALONE_VMI_FAILED = 14

@@ -1,7 +1,10 @@
 r"""The launcher's top level: one TaskGroup owns every task; shutdown is a state machine
 with deadlines.
 
-  STARTING --daemons, libvirt, notify relay, cmd server--> WAITING (for the domain + QEMU)
+  STARTING --daemons, libvirt, notify relay, cmd server--> WAITING (for the domain + QEMU;
+  with STANDALONE_VMI the launcher syncs it first: a signal meanwhile waits for the sync,
+  then takes the graceful path, so a QEMU just started is shut down, not left to the
+  monitor's kill)
   WAITING --QEMU pid found--> RUNNING --QEMU exits--> FINAL_NOTIFY --> STOPPING --> STOPPED
   any signal: WAITING/STARTING --> STOPPING;  RUNNING --> GRACEFUL --grace expires or a
   second signal--> FORCED (destroy; SIGTERM/SIGKILL of QEMU if destroy fails) --> FINAL_NOTIFY
@@ -15,6 +18,7 @@ import enum
 import os
 import signal
 from collections import deque
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -36,6 +40,14 @@ from launcher.libvirt_conn import Connection, LibvirtUnreachable
 from launcher.notifier import Notifier
 from launcher.paths import Paths
 from launcher.relay import ALIVE_STATES, DomainRelay
+from launcher.sync import (
+    STANDALONE_ENV,
+    StandaloneError,
+    Syncer,
+    SyncError,
+    adopt_identity,
+    parse_standalone,
+)
 
 SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP)
 # Every daemon goes through the ladder (5 s TERM + 2 s KILL); two daemons, plus margin.
@@ -47,6 +59,9 @@ QEMU_SIGNAL_WAIT_S = 5.0
 LIBVIRT_CATCH_UP_S = 5.0  # after QEMU exits, for libvirt to report the final state
 FINAL_NOTIFY_TIMEOUT_S = 10.0
 QEMU_LOG_TAIL = 10
+# After the STANDALONE_VMI sync started QEMU, how long to wait for its pid even when a
+# signal came meanwhile (libvirt writes the pid file before create returns).
+STANDALONE_SETTLE_S = 5.0
 
 E = TypeVar("E", bound=BaseException)
 AGENT_CHANNEL = "org.qemu.guest_agent.0"
@@ -76,6 +91,14 @@ class QemuTimeout(Exception):
         super().__init__(diagnosis["error"])
 
 
+class StandaloneFailed(Exception):
+    """The STANDALONE_VMI sync failed; `field` is the VMI field at fault, when known."""
+
+    def __init__(self, message: str, field: str | None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 class State(enum.Enum):
     STARTING = "starting"
     WAITING = "waiting-for-domain"
@@ -88,7 +111,22 @@ class State(enum.Enum):
 
 
 class Launcher:
-    def __init__(self, opts: Options, paths: Paths) -> None:
+    def __init__(self, opts: Options, paths: Paths,
+                 environ: Mapping[str, str] | None = None) -> None:
+        env = os.environ if environ is None else environ
+        # STANDALONE_VMI is read before anything is built: the VMI may name the domain
+        # (flags left empty take its metadata, see launcher.sync.adopt_identity).
+        self.standalone: dict[str, Any] | None = None
+        self._standalone_error: StandaloneError | None = None
+        if STANDALONE_ENV in env:
+            try:
+                doc = parse_standalone(env[STANDALONE_ENV])
+                opts = adopt_identity(opts, doc)
+            except StandaloneError as exc:
+                self._standalone_error = exc
+            else:
+                self.standalone = doc
+                paths = paths._replace(domain=opts.domain_name, uid=opts.uid)
         self.opts = opts
         self.paths = paths
         self.state = State.STARTING
@@ -113,7 +151,10 @@ class Launcher:
         self.relay.guest_status = lambda: guest_info.domain_status_fields(
             self.agent_cache.raw())
         self.freeze = FreezeManager(self.conn, self.relay, on_status=self._fsfreeze_status)
-        self.commands = Commands(opts, self.conn, self.relay, self.agent_cache, self.freeze)
+        self.syncer = Syncer(opts=opts, paths=paths, conn=self.conn, domain=opts.domain_name,
+                             accepting=self._accepting_syncs)
+        self.commands = Commands(opts, self.conn, self.relay, self.agent_cache, self.freeze,
+                                 syncer=self.syncer)
         self.cmd_server = CmdServer(init_socket=paths.cmd_init_socket,
                                     ready_socket=paths.cmd_socket,
                                     nonroot=opts.run_as_nonroot,
@@ -122,6 +163,11 @@ class Launcher:
         self._guest_shutting_down = False  # libvirt reported SHUTDOWN (guest or host)
         self._destroyed = False
         self._log = structlog.get_logger().bind(domain=opts.domain_name)
+
+    def _accepting_syncs(self) -> bool:
+        # Once shutting down (or QEMU is gone), a Sync must not start a new domain.
+        return not self._shutdown.is_set() and self.state in (State.STARTING, State.WAITING,
+                                                              State.RUNNING)
 
     # --- signals ------------------------------------------------------------------------
     def _on_signal(self, sig: signal.Signals) -> None:
@@ -154,6 +200,14 @@ class Launcher:
 
     # --- top level ----------------------------------------------------------------------
     async def run(self) -> int:
+        if self._standalone_error is not None:
+            # Refused before any daemon starts: nothing to tear down, nothing left behind.
+            rejected = self._standalone_error
+            self._log.error("STANDALONE_VMI rejected; exiting", error=str(rejected),
+                            field=rejected.field)
+            self._executor.shutdown(wait=False)
+            self.state = State.STOPPED
+            return ExitCode.STANDALONE_VMI_FAILED
         loop = asyncio.get_running_loop()
         for sig in SHUTDOWN_SIGNALS:
             loop.add_signal_handler(sig, self._on_signal, sig)
@@ -170,6 +224,11 @@ class Launcher:
             self._log.error("libvirt unreachable; exiting",
                             error=str(_first(group, LibvirtUnreachable)))
             self._exit_code = ExitCode.LIBVIRT_UNREACHABLE
+        except* StandaloneFailed as group:
+            failed = _first(group, StandaloneFailed)
+            self._log.error("STANDALONE_VMI could not be synced; exiting", error=str(failed),
+                            field=failed.field)
+            self._exit_code = ExitCode.STANDALONE_VMI_FAILED
         except* QemuTimeout as group:
             qt = _first(group, QemuTimeout)
             self._log.error(str(qt), **{k: v for k, v in qt.diagnosis.items() if k != "error"})
@@ -218,7 +277,14 @@ class Launcher:
                            virtlogd_pid=self.daemons.virtlogd.pid,
                            libvirt_pid=self.daemons.libvirt.pid,
                            qemu_timeout_s=self.opts.qemu_timeout_s)
+            started = False
+            if self.standalone is not None and not self._shutdown.is_set():
+                started = await self._sync_standalone(self.standalone)
             waiting = tg.create_task(self._wait_for_qemu(), name="wait-for-qemu")
+            if started:
+                # A signal during that sync must not leave the QEMU it started to the
+                # monitor's kill: take its pid, then the graceful path below handles it.
+                await asyncio.wait({waiting}, timeout=STANDALONE_SETTLE_S)
             if not await self._until_shutdown(waiting):
                 return
             pid = waiting.result()
@@ -236,6 +302,16 @@ class Launcher:
                 with contextlib.suppress(asyncio.CancelledError):
                     await agent_task
             await self._teardown(notifier_task)
+
+    async def _sync_standalone(self, doc: dict[str, Any]) -> bool:
+        """Sync STANDALONE_VMI as virt-handler would (KubeVirt passes no options but an
+        empty SMBios: our defaults). True when it started the domain."""
+        self._log.info("syncing STANDALONE_VMI")
+        try:
+            result = await self.syncer.sync(doc, None)
+        except SyncError as exc:
+            raise StandaloneFailed(str(exc), exc.field) from None
+        return result.action == "started"
 
     # --- waiting for the domain and QEMU ------------------------------------------------
     async def _wait_for_qemu(self) -> int:

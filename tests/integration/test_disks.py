@@ -256,7 +256,6 @@ def test_iso_label_as_the_guest_sees_it(tmp_path: Path) -> None:
         assert "TYPE=iso9660" in out.splitlines()
 
 
-@pytest.mark.skipif(shutil.which("isoinfo") is None, reason="needs isoinfo")
 def test_iso_listing_by_isoinfo(tmp_path: Path) -> None:
     path = tmp_path / "noCloud.iso"
     prepare([CloudInitIso("ci", str(path), "noCloud", user_data=b"u", meta_data=b"{}",

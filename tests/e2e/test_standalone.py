@@ -1,0 +1,178 @@
+"""The launcher defines the VM itself: STANDALONE_VMI at start-up under the monitor, and
+SyncVirtualMachine over gRPC on an empty launcher, each booting the test guest (as a
+KubeVirt VMI: kernel boot, containerDisk, cloud-init, slirp NIC) to a connected guest
+agent; bad VMIs are refused cleanly (over gRPC the launcher keeps serving; at start-up it
+exits with its own code and leaves nothing running)."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from hack.guestvm import stage, vmi
+from launcher._proto.kubevirt.cmd.v1 import cmd_pb2, cmd_pb2_grpc
+from launcher.exitcodes import ExitCode
+from tests.e2e.guest import BOOT_TO_AGENT_TIMEOUT_S, Receiver, agent_state, status
+from tests.e2e.harness import Instance, wait_for
+
+pytestmark = pytest.mark.e2e
+
+EMULATION = ["--allow-emulation"]  # KVM is unusable on the CI machines (see launcher.sync)
+
+
+def guest(inst: Instance, **kwargs: Any) -> dict[str, Any]:
+    """The test guest as this instance's VMI, its files staged where the launcher looks."""
+    stage(inst.paths.container_disk_dir)
+    return vmi(name=inst.name, namespace=inst.namespace, uid=f"uid-{inst.root.name}",
+               **kwargs)
+
+
+def stub(inst: Instance) -> Any:
+    channel = grpc.insecure_channel(f"unix:{inst.paths.cmd_socket}")
+    return cmd_pb2_grpc.CmdStub(channel)
+
+
+def sync(inst: Instance, doc: Any) -> Any:
+    raw = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+    return stub(inst).SyncVirtualMachine(
+        cmd_pb2.VMIRequest(vmi=cmd_pb2.VMI(vmiJson=raw)), timeout=60)
+
+
+def wait_agent(receiver: Receiver) -> dict[str, Any]:
+    return receiver.wait_domain(
+        lambda e: status(e) == ("Running", "Unknown") and agent_state(e) == "connected",
+        BOOT_TO_AGENT_TIMEOUT_S, "Running snapshot with the agent connected")
+
+
+def guest_info(inst: Instance) -> dict[str, Any]:
+    def filled() -> dict[str, Any] | None:
+        resp = stub(inst).GetGuestInfo(cmd_pb2.EmptyRequest(), timeout=5)
+        assert resp.response.success, resp.response.message
+        info: dict[str, Any] = json.loads(resp.guestInfoResponse)
+        return info if info.get("guestAgentVersion") and info.get("hostname") else None
+    found: dict[str, Any] = wait_for(filled, 60, interval=0.2, what="guest info")
+    return found
+
+
+def stop_cleanly(inst: Instance, receiver: Receiver) -> None:
+    inst.signal(signal.SIGTERM)
+    assert inst.wait_exit(timeout=90) == 0, inst.tail()
+    final = receiver.last_domain()
+    assert final is not None and status(final) == ("Shutoff", "Shutdown"), final
+    assert final["domain"]["ObjectMeta"]["deletionTimestamp"]
+    receiver.stop()
+    wait_for(lambda: not inst.leftovers(), 10, what="no processes left")
+
+
+def test_standalone_vmi_boots_the_guest_to_its_agent(
+    make_instance: Callable[..., Instance], receiver_for: Callable[[Instance], Receiver]
+) -> None:
+    inst = make_instance(nonroot=False, extra_args=EMULATION)
+    receiver = receiver_for(inst)
+    doc = guest(inst)
+    # YAML, as a pod spec would carry it (JSON is a subset; both are accepted)
+    import yaml  # noqa: PLC0415 - only this test needs it
+
+    inst.start(env={"STANDALONE_VMI": yaml.safe_dump(doc)})
+    running = wait_agent(receiver)
+    assert running["domain"]["Spec"]["Name"] == f"{inst.namespace}_{inst.name}"
+    assert inst.logged("synced")[0]["message"] == (
+        f"domain {inst.namespace}_{inst.name} defined and started")
+    info = guest_info(inst)
+    assert info["hostname"] == "testguest" and info["os"]["id"] == "pvlguest"
+    # the kernel command line from the VMI reached the guest, and its console is logged
+    console = Path(inst.paths.private_dir) / f"uid-{inst.root.name}" / "virt-serial0-log"
+    wait_for(lambda: "PVL: sysinit done" in console.read_text(errors="replace"), 30,
+             what="the guest's console log")
+    assert "PVL: eth0 address 192.0.2.10/24" in console.read_text(errors="replace")
+    # the same VMI over gRPC: nothing to do
+    resp = sync(inst, doc)
+    assert (resp.success, resp.message) == (True, "no change")
+    stop_cleanly(inst, receiver)
+
+
+def test_sync_over_grpc_on_an_empty_launcher(
+    make_instance: Callable[..., Instance], receiver_for: Callable[[Instance], Receiver]
+) -> None:
+    inst = make_instance(nonroot=False, extra_args=EMULATION)
+    receiver = receiver_for(inst)
+    inst.start()
+    inst.wait_running()
+    doc = guest(inst)
+    domain = f"{inst.namespace}_{inst.name}"
+
+    # refused cleanly, the launcher keeps serving, nothing is defined
+    bad = json.loads(json.dumps(doc))
+    bad["spec"]["domain"]["devices"]["disks"][0]["disk"]["bus"] = "ide"
+    other = vmi(name="someone-else", namespace=inst.namespace, uid=f"uid-{inst.root.name}")
+    for request, message in ((bad, "spec.domain.devices.disks[0].disk.bus: "),
+                             (other, f'vmi "{inst.namespace}/someone-else" does not match'),
+                             (b"{not json", "vmi: invalid JSON: ")):
+        resp = sync(inst, request)
+        assert resp.success is False and resp.message.startswith(message), resp.message
+        assert stub(inst).Ping(cmd_pb2.EmptyRequest(), timeout=5).success
+    assert "default_" not in inst.virsh("list", "--all", "--name").stdout
+
+    resp = sync(inst, doc)
+    assert (resp.success, resp.message) == (True, f"domain {domain} defined and started")
+    wait_agent(receiver)
+    info = guest_info(inst)
+    assert info["hostname"] == "testguest"
+    # a change that needs a restart is saved and reported; the guest keeps running
+    more = json.loads(json.dumps(doc))
+    more["spec"]["domain"]["resources"]["requests"]["memory"] = "320Mi"
+    resp = sync(inst, more)
+    assert resp.success, resp.message
+    assert resp.message.endswith("take effect after a restart: currentMemory, memory"), \
+        resp.message
+    assert "<memory unit='KiB'>327680</memory>" in inst.virsh("dumpxml", "--inactive",
+                                                              domain).stdout
+    assert "<memory unit='KiB'>262144</memory>" in inst.virsh("dumpxml", domain).stdout
+    last = receiver.last_domain()
+    assert last is not None and status(last) == ("Running", "Unknown")
+    stop_cleanly(inst, receiver)
+
+
+@pytest.mark.parametrize("case", ["yaml", "field", "disk", "kvm"])
+def test_a_bad_standalone_vmi_exits_with_its_code_and_leaves_nothing(
+    make_instance: Callable[..., Instance], case: str
+) -> None:
+    inst = make_instance(nonroot=False, extra_args=[] if case == "kvm" else EMULATION)
+    doc = guest(inst)
+    if case == "field":
+        doc["spec"]["domain"]["devices"]["disks"][1]["disk"]["bus"] = "ide"
+    if case == "disk":
+        (Path(inst.paths.container_disk_dir) / "disk_0.img").unlink()
+    text = "metadata: [" if case == "yaml" else json.dumps(doc)
+    inst.start(env={"STANDALONE_VMI": text})
+    code = inst.wait_exit(timeout=60)
+    assert code == ExitCode.STANDALONE_VMI_FAILED, inst.tail()
+    assert code == 14
+    errors = [r for r in inst.log_records()
+              if r.get("level") == "error" and r.get("component") == "virt-launcher"
+              and r.get("source") != "daemon-output"]  # libvirtd's own complaints
+    assert len(errors) == 1, errors
+    error = errors[0]
+    assert "exc_info" not in error and "exception" not in error  # no traceback
+    expected = {
+        "yaml": ("STANDALONE_VMI rejected; exiting", None,
+                 "STANDALONE_VMI: invalid YAML at line 2, column 1: "),
+        "field": ("STANDALONE_VMI could not be synced; exiting",
+                  "spec.domain.devices.disks[1].disk.bus", "spec.domain.devices.disks[1]"),
+        "disk": ("STANDALONE_VMI could not be synced; exiting", None,
+                 'volume "datadisk": container disk image '),
+        "kvm": ("STANDALONE_VMI could not be synced; exiting", None,
+                "KVM is not usable on this host ("),
+    }[case]
+    assert (error["msg"], error.get("field")) == expected[:2], error
+    assert error["error"].startswith(expected[2]), error
+    if case != "yaml":
+        assert inst.logged("launcher exited cleanly") == []
+        assert inst.logged("stopping")  # the orderly teardown ran: daemons stopped
+    wait_for(lambda: not inst.leftovers(), 10, what="no processes left")
