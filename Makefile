@@ -38,9 +38,7 @@ e2e: setup
 	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) tests/e2e
 
 bench: setup
-	$(PY) hack/bench_monitor_rss.py
-	$(PY) hack/bench_relay.py
-	$(PY) -m hack.bench_cmd
+	$(PY) -m hack.bench
 
 clean:
 	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache

@@ -446,6 +446,15 @@ def main() -> int:
     if os.geteuid() != 0:
         log("bench_cmd runs as root (system-mode libvirt in a private mount namespace)")
         return 1
+    res = run(keep=opts.keep)
+    sys.stdout.write(json.dumps(res) + "\n")
+    sys.stdout.flush()
+    return 0 if res["ok"] else 1
+
+
+def run(keep: bool = False) -> dict[str, Any]:
+    """One whole run in a temporary directory under /tmp (kept with `keep` or on failure);
+    the result as main() prints it, with "ok" false and "error" when it could not run."""
     res: dict[str, Any] = {
         "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": {
@@ -481,7 +490,7 @@ def main() -> int:
             with contextlib.suppress(psutil.Error):
                 stray.kill()
         psutil.wait_procs(strays, timeout=10)
-        if opts.keep or not ok:
+        if keep or not ok:
             (base / "r" / "data.ext4").unlink(missing_ok=True)
             log(f"logs kept in {base}")
         else:
@@ -489,9 +498,7 @@ def main() -> int:
     res["bench_s"] = round(time.monotonic() - t_start, 1)
     res["notes"] = NOTES.format(nproc=os.cpu_count())
     res["ok"] = ok
-    sys.stdout.write(json.dumps(res) + "\n")
-    sys.stdout.flush()
-    return 0 if ok else 1
+    return res
 
 
 if __name__ == "__main__":

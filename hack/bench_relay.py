@@ -639,7 +639,7 @@ async def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     }
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rtt-calls", type=int, default=2000)
     parser.add_argument("--relay-events", type=int, default=300)
@@ -651,15 +651,25 @@ def main() -> None:
     parser.add_argument("--yield-every", type=int, default=100)
     parser.add_argument("-v", "--verbosity", type=int, default=2,
                         help="launcher log verbosity; logs go to stderr")
-    args = parser.parse_args()
-    with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the JSON result
-        logs.configure("bench-relay", args.verbosity)
+    return parser
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """One whole run (receiver, floor, launcher path, notifier alone) in a temporary
+    directory on a fresh uvloop loop; the result as main() prints it."""
     workdir = Path(tempfile.mkdtemp(dir="/tmp", prefix="pvl-bench-"))
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            result = runner.run(bench(args, workdir))
+            return runner.run(bench(args, workdir))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the JSON result
+        logs.configure("bench-relay", args.verbosity)
+    result = run(args)
     json.dump(result, sys.stdout, indent=2)
     sys.stdout.write("\n")
 
