@@ -104,6 +104,10 @@ class Instance:
     name: str = "testvm"
     namespace: str = "default"
     extra_args: list[str] = field(default_factory=list)
+    # Prepended to the command line (e.g. `unshare --pid --fork --mount-proc`: the PID-1
+    # tier); then `proc` is the wrapper, not the monitor, and launcher()/daemon_pid() do
+    # not apply (tests/e2e/pid1.py finds the processes instead).
+    wrapper: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path = field(init=False)
 
@@ -131,7 +135,7 @@ class Instance:
             kwargs.update(user=user.pw_uid, group=user.pw_gid, extra_groups=[])
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the Popen for its lifetime
         self.proc = subprocess.Popen(
-            [str(binary), *self.args], stdout=log, stderr=subprocess.STDOUT,
+            [*self.wrapper, str(binary), *self.args], stdout=log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, cwd=str(self.root), env={**os.environ, **(env or {})},
             **kwargs)
         log.close()
