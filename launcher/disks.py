@@ -1,6 +1,7 @@
 """Carry out the converter's disk preparations (launcher.converter.plan) before the domain
 is defined: the files the domain XML names must exist, with the right format and owner.
-Blocking (qemu-img, file I/O): the launcher runs prepare() in a worker thread.
+Blocking (qemu-img, file I/O): the launcher runs prepare_isolated() (prepare() in a
+short-lived child interpreter) from a worker thread.
 
 Matched KubeVirt behaviour
 - containerDisk: a qcow2 overlay on the read-only image, recreated every start
@@ -27,13 +28,16 @@ message is included when it fails.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 import json
 import os
 import stat
 import subprocess
+import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from launcher.converter.plan import (
     CloudInitIso,
@@ -307,3 +311,70 @@ def _write_iso(prep: CloudInitIso, out_path: str) -> None:
     finally:
         with contextlib.suppress(PyCdlibException):  # not open when new() failed
             iso.close()
+
+
+# --- the isolated worker --------------------------------------------------------------------
+# prepare() runs in a short-lived child interpreter: the ISO library (pycdlib, ~2 MiB once
+# imported) and image buffers never join the launcher's resident set, which has a 60 MiB
+# budget, and a wedged qemu-img or filesystem call ends with the child instead of holding
+# one of the launcher's worker threads.
+WORKER_TIMEOUT_S = QEMU_IMG_TIMEOUT_S * 2
+_KINDS: dict[str, Callable[..., Prep]] = {
+    "ContainerDiskOverlay": ContainerDiskOverlay, "FileDisk": FileDisk,
+    "EmptyDisk": EmptyDisk, "CloudInitIso": CloudInitIso, "ExistingFile": ExistingFile}
+
+
+def _encode(prep: Prep) -> dict[str, object]:
+    out: dict[str, object] = {"__type__": type(prep).__name__}
+    for name, value in vars(prep).items():
+        out[name] = ({"b64": base64.b64encode(value).decode()} if isinstance(value, bytes)
+                     else value)
+    return out
+
+
+def _decode(raw: dict[str, Any]) -> Prep:
+    fields: dict[str, Any] = {k: base64.b64decode(v["b64"]) if isinstance(v, dict) else v
+                              for k, v in raw.items() if k != "__type__"}
+    return _KINDS[raw["__type__"]](**fields)
+
+
+def prepare_isolated(preps: Sequence[Prep], *, owner: Owner | None = None) -> None:
+    """prepare() in a child interpreter (`python -m launcher.disks`); same errors."""
+    payload = json.dumps({"owner": owner, "preps": [_encode(p) for p in preps]})
+    try:
+        proc = subprocess.run([sys.executable, "-m", "launcher.disks"], input=payload,
+                              capture_output=True, text=True, timeout=WORKER_TIMEOUT_S,
+                              check=False)
+    except subprocess.TimeoutExpired:
+        raise DiskError("", f"disk preparation did not finish within {WORKER_TIMEOUT_S} s") \
+            from None
+    if proc.returncode == 0:
+        return
+    try:
+        err = json.loads(proc.stdout)
+        volume, message = str(err["volume"]), str(err["message"])
+    except (ValueError, KeyError, TypeError):
+        tail = " ".join(proc.stderr.strip().splitlines()[-3:])
+        raise DiskError("", f"disk preparation worker failed (exit {proc.returncode}): "
+                            f"{tail}") from None
+    raise DiskError(volume, message)
+
+
+def _worker() -> int:
+    request = json.load(sys.stdin)
+    raw_owner = request["owner"]
+    owner = (int(raw_owner[0]), int(raw_owner[1])) if raw_owner is not None else None
+    try:
+        prepare([_decode(p) for p in request["preps"]], owner=owner)
+    except DiskError as exc:
+        json.dump({"volume": exc.volume, "message": exc.message}, sys.stdout)
+        return 1
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        json.dump({"volume": "", "message": f"{exc.strerror or exc}{where}"}, sys.stdout)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_worker())

@@ -435,7 +435,7 @@ class Syncer:
     """SyncVirtualMachine for one launcher's domain. One sync at a time."""
 
     def __init__(self, *, opts: Options, paths: Paths, conn: Connection, domain: str,
-                 convert_fn: ConvertFn = convert, prepare_fn: PrepareFn = disks.prepare,
+                 convert_fn: ConvertFn = convert, prepare_fn: PrepareFn = disks.prepare_isolated,
                  kvm_probe: ProbeFn = kvm_usable,
                  accepting: Callable[[], bool] = lambda: True) -> None:
         self.opts = opts

@@ -25,7 +25,7 @@ from launcher.converter.plan import (
     ExistingFile,
     FileDisk,
 )
-from launcher.disks import DiskError, prepare
+from launcher.disks import DiskError, prepare, prepare_isolated
 
 pytestmark = pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-img")
 
@@ -300,3 +300,22 @@ def test_every_file_the_domain_names_exists_after_prepare(tmp_path: Path) -> Non
                     rr_path="/meta-data") == b'{"instance-id":"vm.ns","local-hostname":"vm"}'
     assert chain(tmp_path / "eph" / "disk-data" / "cd" / "disk.qcow2")[1]["filename"] == str(
         tmp_path / "container-disks" / "disk_1.img")
+
+
+def test_isolated_worker_prepares_the_same_files(tmp_path: Path) -> None:
+    backing = image(tmp_path / "disk_0.img", "raw")
+    overlay = tmp_path / "disk-data" / "vol" / "disk.qcow2"
+    iso = tmp_path / "cloud-init-data" / "noCloud.iso"
+    prepare_isolated([ContainerDiskOverlay("vol", str(overlay), str(backing), ""),
+                      dataclasses.replace(NO_CLOUD, path=str(iso))])
+    assert chain(overlay)[0]["format"] == "qcow2"
+    assert chain(overlay)[1]["filename"] == str(backing)
+    assert read_iso(iso, rr_path="/user-data") == NO_CLOUD.user_data  # bytes survive
+
+
+def test_isolated_worker_reports_the_volume(tmp_path: Path) -> None:
+    path = tmp_path / "vmi-disks" / "rootdisk" / "disk.img"
+    with pytest.raises(DiskError) as err:
+        prepare_isolated([FileDisk("rootdisk", str(path))])
+    assert err.value.volume == "rootdisk"
+    assert str(err.value) == f'volume "rootdisk": disk image {path} does not exist'
