@@ -26,6 +26,8 @@ def full_samples(**override: list[float]) -> dict[str, list[float]]:
         "grpc_uds_rtt_p99_ms": [2.1, 2.2, 2.0],
         "ping_p50_ms": [0.5, 0.52, 0.55],
         "guestinfo_p50_ms": [0.6, 0.61, 0.62],
+        "ping_16_clients_paced_p50_ms": [0.8, 0.9, 0.85],
+        "guestinfo_16_clients_paced_p50_ms": [0.9, 0.95, 0.97],
         "qemu_exit_detect_ms": [3.0, 2.5, 4.0],
         "burst_events_per_s": [20000.4, 21000.0, 19000.0],
         "shutdown_graceful_s": [2.5, 2.4, 2.6],
