@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 import uuid
 from pathlib import Path
@@ -147,8 +148,10 @@ def vmi(*, name: str, namespace: str, uid: str, ignore_acpi: bool = False,
 
 def stage(container_disk_dir: str | Path) -> None:
     """What virt-handler's container-disk mounts provide for `vmi()`: the kernel and initrd
-    under <container-disk-dir>/kernel-boot/ and the data image as disk_0.img (links to the
-    build: the image is only a read-only backing file, each VM writes its own overlay)."""
+    under <container-disk-dir>/kernel-boot/ and the data image as disk_0.img (hard links to
+    the build, copies across filesystems: the image is only a read-only backing file, each
+    VM writes its own overlay). Not symlinks: virt-handler bind-mounts the files, and the
+    launcher refuses a disk whose path resolves outside its directory (launcher.disks)."""
     env = guest_env()
     base = Path(container_disk_dir)
     links = {base / KERNEL_BOOT_DIR / Path(KERNEL_PATH).name: env["GUEST_KERNEL"],
@@ -158,4 +161,7 @@ def stage(container_disk_dir: str | Path) -> None:
         link.parent.mkdir(parents=True, exist_ok=True)
         if link.is_symlink() or link.exists():
             link.unlink()
-        os.symlink(target, link)
+        try:
+            os.link(target, link)
+        except OSError:  # another filesystem (EXDEV), or hard links not allowed
+            shutil.copyfile(target, link)

@@ -16,7 +16,8 @@ import uvloop
 
 from launcher import flags, logs
 from launcher.exitcodes import ExitCode
-from launcher.paths import derive
+from launcher.notifier import MAX_SOCKET_PATH
+from launcher.paths import Paths, derive
 from launcher.setup import SetupError, prepare
 from launcher.supervisor import Launcher
 
@@ -40,6 +41,18 @@ def limit_malloc_arenas() -> None:
         mallopt(M_ARENA_MAX, MALLOC_ARENAS)
 
 
+def socket_path_too_long(paths: Paths) -> str | None:
+    """The first UNIX socket the launcher or its daemons bind whose path does not fit in
+    sun_path (108 bytes with the NUL), as a message naming the flags that place it."""
+    sockets = [paths.cmd_init_socket, paths.cmd_socket, paths.notify_socket,
+               *paths.stale_sockets(paths.daemon), *paths.stale_sockets("virtlogd")]
+    for path in sockets:
+        if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+            return (f"--runtime-root / --kubevirt-share-dir: socket path {path} is longer "
+                    f"than {MAX_SOCKET_PATH} bytes (the UNIX socket limit)")
+    return None
+
+
 def main() -> None:
     limit_malloc_arenas()
     sys.exit(run(sys.argv[1:]))
@@ -58,6 +71,10 @@ def run(argv: list[str]) -> int:
         log.error("simulated crash (--simulate-crash)")
         return ExitCode.SIMULATED_CRASH
     paths = derive(opts)
+    too_long = socket_path_too_long(paths)
+    if too_long is not None:
+        log.error("invalid command line", error=too_long)
+        return ExitCode.USAGE
     if opts.run_as_nonroot and os.geteuid() == 0:
         log.warning("--run-as-nonroot given but running as root; the daemons run as root "
                     "in session mode")

@@ -42,6 +42,7 @@ import contextlib
 import json
 import math
 import os
+import stat
 import xml.etree.ElementTree as ET
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -311,9 +312,13 @@ class _Dump:
 
 class Commands:
     def __init__(self, opts: Options, conn: Connection, relay: DomainRelay, agent: AgentCache,
-                 freeze: FreezeManager, *, syncer: Syncer | None = None) -> None:
+                 freeze: FreezeManager, *, syncer: Syncer | None = None,
+                 agent_conn: Connection | None = None) -> None:
         self.opts = opts
         self.conn = conn
+        # Guest agent calls (Exec, GuestPing, soft reboot): on a connection of their own
+        # when given (see launcher.supervisor), so a silent agent holds up nothing else.
+        self.agent_conn = agent_conn or conn
         self.relay = relay
         self.agent = agent
         self.freeze = freeze
@@ -421,18 +426,22 @@ class Commands:
         return handle
 
     # --- libvirt helpers ----------------------------------------------------------------
-    def _lookup(self) -> Any:
+    def _lookup(self, via: Connection | None = None) -> Any:
         """Blocking (executor): our virDomain."""
-        conn = self.conn.conn
+        conn = (via or self.conn).conn
         if conn is None:
             raise ConnectionError("libvirt is not connected")
         return conn.lookupByName(self.domain)
 
-    async def _on_domain(self, fn: Callable[[Any], T]) -> T:
-        def run() -> T:
-            return fn(self._lookup())
+    async def _on_domain(self, fn: Callable[[Any], T], *, agent: bool = False) -> T:
+        """fn(our virDomain) in the executor; `agent`: it waits for the guest agent, so it
+        runs on the agent connection."""
+        via = self.agent_conn if agent else self.conn
 
-        result: T = await self.conn.call(run)
+        def run() -> T:
+            return fn(self._lookup(via))
+
+        result: T = await via.call(run)
         return result
 
     async def _read(self) -> DomainRead:
@@ -506,7 +515,7 @@ class Commands:
         flag = (libvirt.VIR_DOMAIN_REBOOT_GUEST_AGENT if agent
                 else libvirt.VIR_DOMAIN_REBOOT_ACPI_POWER_BTN)
         try:
-            await self._on_domain(lambda dom: dom.reboot(flag))
+            await self._on_domain(lambda dom: dom.reboot(flag), agent=agent)
         except libvirt.libvirtError as exc:
             if exc.get_error_code() != libvirt.VIR_ERR_AGENT_UNRESPONSIVE:
                 raise
@@ -532,7 +541,8 @@ class Commands:
             use_agent = self.relay.agent_connected and "<acpi/>" not in read.xml
             flag = (libvirt.VIR_DOMAIN_SHUTDOWN_GUEST_AGENT if use_agent
                     else libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
-            await self._on_domain(lambda dom: _with_flags(dom.shutdownFlags, flag, 0))
+            await self._on_domain(lambda dom: _with_flags(dom.shutdownFlags, flag, 0),
+                                  agent=use_agent)
             self._log.info("asked the guest to shut down", via="agent" if use_agent else "acpi")
 
     async def _kill(self, vmi: VMI, request: Any) -> None:
@@ -637,6 +647,13 @@ class Commands:
         if not os.path.isdir(parent):
             raise RpcFailure(f"dumpPath {raw!r}: directory {parent} does not exist "
                              "(is the memory-dump volume mounted?)")
+        # The file itself: libvirt (root, in the daemon) opens the path and would follow a
+        # symlink planted in the volume (vol/x -> /etc/shadow) and overwrite its target.
+        with contextlib.suppress(FileNotFoundError):
+            st = os.lstat(target)
+            if stat.S_ISLNK(st.st_mode) or not stat.S_ISREG(st.st_mode):
+                raise RpcFailure(f"dumpPath {raw!r}: {target} exists and is not a regular "
+                                 "file (a symlink?); refusing")
         return target
 
     async def _memory_dump(self, vmi: VMI, request: Any) -> Any:
@@ -831,7 +848,7 @@ class Commands:
 
         try:
             async with asyncio.timeout(timeout_s + AGENT_GUARD_S):
-                return await self._on_domain(run)
+                return await self._on_domain(run, agent=True)
         except TimeoutError:
             raise RpcStatus(grpc.StatusCode.DEADLINE_EXCEEDED,
                             f"the guest agent did not answer within {timeout_s}s") from None

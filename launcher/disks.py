@@ -21,6 +21,15 @@ Deliberate differences
   like qcow2 could otherwise point QEMU at any file the launcher can read.
 - Every created file is made atomically (temporary name, then rename), so a crash never
   leaves a half-written image under the name the domain uses.
+- Confinement (`confine`, the launcher passes its disk directories): every path a
+  preparation reads or writes must lie under one of those directories and stay there once
+  symlinks are resolved. Volumes are mounted content (a PVC's files, a hostDisk directory,
+  a container image's kernel): a symlink in them pointing out of the tree
+  (`vmi-disks/<vol>/disk.img -> /etc/shadow`, `disk-data -> /`) would otherwise make QEMU
+  read, or this launcher write, a file of the launcher's own container. Symlinks that stay
+  inside the tree (a kernel's `vmlinuz -> vmlinuz-6.1`) and block devices are fine. The
+  configured directories themselves are trusted, and so is everything between this check
+  and QEMU opening the file (libvirt takes paths, not descriptors).
 
 Errors are DiskError(volume, message), naming the volume and the path; qemu-img's own
 message is included when it fails.
@@ -68,9 +77,16 @@ class DiskError(Exception):
 Owner = tuple[int, int]
 
 
-def prepare(preps: Sequence[Prep], *, owner: Owner | None = None) -> None:
+def prepare(preps: Sequence[Prep], *, owner: Owner | None = None,
+            confine: Sequence[str] = ()) -> None:
     """Make every file in `preps` exist as the domain expects it. `owner` (uid, gid): who
-    gets the files and directories created here (QEMU's user, e.g. 107:107)."""
+    gets the files and directories created here (QEMU's user, e.g. 107:107). `confine`:
+    the directories the files must stay in (see the module doc); empty: not checked."""
+    if confine:  # all of them first: nothing is written when one path escapes
+        for prep in preps:
+            _confined(prep.volume, prep.path, confine)
+            if isinstance(prep, ContainerDiskOverlay):
+                _confined(prep.volume, prep.backing, confine)
     for prep in preps:
         match prep:
             case ContainerDiskOverlay():
@@ -138,6 +154,26 @@ def _existing(volume: str, path: str, what: str = "disk image") -> None:
         raise DiskError(volume, f"{what} {path}: {exc.strerror}") from None
     if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
         raise DiskError(volume, f"{what} {path} is not a regular file or block device")
+
+
+def _under(path: str, directory: str) -> bool:
+    return os.path.commonpath([path, directory]) == directory
+
+
+def _confined(volume: str, path: str, roots: Sequence[str]) -> None:
+    """`path` is under one of `roots` (the longest that holds it) and, with every symlink
+    on the way resolved (a dangling one too), still under that root's real path."""
+    path = os.path.abspath(path)
+    holding = [os.path.abspath(root) for root in roots
+               if _under(path, os.path.abspath(root))]
+    if not holding:
+        raise DiskError(volume, f"{path} is outside the directories disks are prepared in "
+                                f"({', '.join(roots)}); refused")
+    root = max(holding, key=len)
+    real_root, real = os.path.realpath(root), os.path.realpath(path)
+    if not _under(real, real_root):
+        raise DiskError(volume, f"{path} resolves to {real}, outside {root} (a symlink "
+                                "pointing out of the volume?); refused")
 
 
 def _readable(volume: str, path: str) -> None:
@@ -338,9 +374,11 @@ def _decode(raw: dict[str, Any]) -> Prep:
     return _KINDS[raw["__type__"]](**fields)
 
 
-def prepare_isolated(preps: Sequence[Prep], *, owner: Owner | None = None) -> None:
+def prepare_isolated(preps: Sequence[Prep], *, owner: Owner | None = None,
+                     confine: Sequence[str] = ()) -> None:
     """prepare() in a child interpreter (`python -m launcher.disks`); same errors."""
-    payload = json.dumps({"owner": owner, "preps": [_encode(p) for p in preps]})
+    payload = json.dumps({"owner": owner, "preps": [_encode(p) for p in preps],
+                          "confine": list(confine)})
     try:
         proc = subprocess.run([sys.executable, "-m", "launcher.disks"], input=payload,
                               capture_output=True, text=True, timeout=WORKER_TIMEOUT_S,
@@ -365,7 +403,8 @@ def _worker() -> int:
     raw_owner = request["owner"]
     owner = (int(raw_owner[0]), int(raw_owner[1])) if raw_owner is not None else None
     try:
-        prepare([_decode(p) for p in request["preps"]], owner=owner)
+        prepare([_decode(p) for p in request["preps"]], owner=owner,
+                confine=[str(d) for d in request.get("confine", ())])
     except DiskError as exc:
         json.dump({"volume": exc.volume, "message": exc.message}, sys.stdout)
         return 1

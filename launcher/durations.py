@@ -14,7 +14,10 @@ _UNITS = {
     "m": 60.0,
     "h": 3600.0,
 }
-_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+# ASCII digits only, as Go (\d would take "٣" for 3).
+_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h)")
+# Go's time.Duration is int64 nanoseconds: about 2562047h47m16.85s at most.
+MAX_SECONDS = (2**63 - 1) / 1e9
 
 
 class DurationError(ValueError):
@@ -38,7 +41,7 @@ def parse_duration(text: str) -> float:
     while pos < len(s):
         m = _PART.match(s, pos)
         if m is None:
-            if re.fullmatch(r"\d+(\.\d*)?", s[pos:]):
+            if re.fullmatch(r"[0-9]+(\.[0-9]*)?", s[pos:]):
                 raise DurationError(
                     f"invalid duration {text!r}: missing unit (e.g. {s[pos:]}s)"
                 )
@@ -47,5 +50,8 @@ def parse_duration(text: str) -> float:
             )
         total += float(m.group(1)) * _UNITS[m.group(2)]
         pos = m.end()
+    if total > MAX_SECONDS:
+        raise DurationError(f"invalid duration {text!r}: longer than Go's maximum "
+                            "(2562047h47m16.854775807s)")
     return sign * total
 

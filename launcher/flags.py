@@ -17,6 +17,7 @@ from launcher.durations import DurationError, parse_duration
 
 DEFAULT_QEMU_TIMEOUT_S = 180.0
 HYPERVISORS = ("kvm", "stratovirt")
+CONFIG_UNSAFE = frozenset('"\\')  # plus control characters: see parse()
 
 # Flags that take no value (pflag bools): "--flag" or "--flag=true|false", never "--flag x".
 BOOL_FLAGS = (
@@ -78,6 +79,15 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from exc
     if value < 0:
         raise argparse.ArgumentTypeError(f"negative duration {text!r}")
+    return value
+
+
+def _interval(text: str) -> float:
+    """A polling interval: Go's time.NewTicker panics on one <= 0; here it would poll in
+    a busy loop."""
+    value = _duration(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text!r}")
     return value
 
 
@@ -147,11 +157,11 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
       help="(monitor) on a non-zero exit, stay alive for debugging until signalled")
     a("--simulate-crash", action="store_true",
       help="exit at once with a failure (KubeVirt's crash-loop test hook)")
-    a("--qemu-agent-sys-interval", type=_duration, default=120.0, metavar="DURATION")
-    a("--qemu-agent-file-interval", type=_duration, default=300.0, metavar="DURATION")
-    a("--qemu-agent-user-interval", type=_duration, default=10.0, metavar="DURATION")
-    a("--qemu-agent-version-interval", type=_duration, default=300.0, metavar="DURATION")
-    a("--qemu-fsfreeze-status-interval", type=_duration, default=5.0, metavar="DURATION")
+    a("--qemu-agent-sys-interval", type=_interval, default=120.0, metavar="DURATION")
+    a("--qemu-agent-file-interval", type=_interval, default=300.0, metavar="DURATION")
+    a("--qemu-agent-user-interval", type=_interval, default=10.0, metavar="DURATION")
+    a("--qemu-agent-version-interval", type=_interval, default=300.0, metavar="DURATION")
+    a("--qemu-fsfreeze-status-interval", type=_interval, default=5.0, metavar="DURATION")
     a("-v", "--v", dest="verbosity", type=_non_negative_int, default=None, metavar="LEVEL",
       help="log verbosity (env VIRT_LAUNCHER_LOG_VERBOSITY overrides, as in KubeVirt)")
     # beyond KubeVirt
@@ -194,11 +204,23 @@ def parse(argv: Sequence[str], prog: str = "virt-launcher",
             raise FlagError(
                 f"VIRT_LAUNCHER_LOG_VERBOSITY: expected an integer, got {raw!r}"
             ) from None
+        if verbosity < 0:
+            raise FlagError(f"VIRT_LAUNCHER_LOG_VERBOSITY: expected a number >= 0, got {raw!r}")
     runtime_root = ns.runtime_root
+    root_source = "--runtime-root"
     if runtime_root is None:
         runtime_root = env.get("VIRT_LAUNCHER_RUNTIME_ROOT", "/") or "/"
+        root_source = "VIRT_LAUNCHER_RUNTIME_ROOT"
     if not os.path.isabs(runtime_root):
-        raise FlagError(f"--runtime-root: must be an absolute path, got {runtime_root!r}")
+        raise FlagError(f"{root_source}: must be an absolute path, got {runtime_root!r}")
+    # Both end up in the libvirt daemons' config files, whose string syntax cannot carry
+    # these (launcher.libvirt_config); refused here rather than as a crash at start-up.
+    for source, value in ((root_source, runtime_root),
+                          ("--libvirt-log-filters", ns.libvirt_log_filters)):
+        bad = sorted({c for c in value if c in CONFIG_UNSAFE or ord(c) < 0x20})
+        if bad:
+            raise FlagError(f"{source}: {value!r} contains {', '.join(map(repr, bad))}, "
+                            "which a libvirt config file cannot carry")
     for flag in ("kubevirt_share_dir", "ephemeral_disk_dir", "container_disk_dir",
                  "hotplug_disk_dir"):
         value = getattr(ns, flag)

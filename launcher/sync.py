@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import fcntl
+import functools
 import json
 import os
 import time
@@ -211,6 +212,14 @@ def options_from_request(options: Any | None, *, opts: Options, paths: Paths,
     fields["preallocated_volumes"] = frozenset(options.PreallocatedVolumes)
     fields["interface_attachment"] = dict(options.interfaceDomainAttachment)
     return replace(base, **fields)
+
+
+def disk_directories(paths: Paths) -> tuple[str, ...]:
+    """Where the converter puts the files a domain uses (launcher.converter.storage,
+    machine): PVC / DataVolume / hostDisk mounts, ephemeral disks, container disks and
+    kernel-boot artifacts, and /dev for a block-mode PVC under a lun."""
+    return (os.path.join(paths.private_dir, "vmi-disks"), paths.ephemeral_disk_dir,
+            paths.container_disk_dir, "/dev")
 
 
 # --- STANDALONE_VMI -----------------------------------------------------------------------
@@ -443,6 +452,10 @@ class Syncer:
         self.conn = conn
         self.domain = domain
         self._convert = convert_fn
+        if prepare_fn in (disks.prepare_isolated, disks.prepare):
+            # Every file a VMI makes us touch stays in the launcher's disk directories
+            # (launcher.disks: a symlink out of a mounted volume is refused).
+            prepare_fn = functools.partial(prepare_fn, confine=disk_directories(paths))
         self._prepare = prepare_fn
         self._probe_fn = kvm_probe
         self._probe: tuple[bool, str] | None = None  # KVM does not come and go in a pod

@@ -64,6 +64,7 @@ from dataclasses import dataclass
 from decimal import ROUND_CEILING
 
 from launcher.converter.context import Context
+from launcher.converter.errors import ConversionError
 from launcher.converter.plan import ExistingFile
 from launcher.converter.spec import Node
 
@@ -408,6 +409,13 @@ def _entries(parent: ET.Element, entries: Sequence[tuple[str, str]]) -> None:
 def _sysinfo(ctx: Context, dom: ET.Element, uuid: str) -> None:
     serial = _text(ctx.domain_spec.obj("firmware"), "serial") or ""
     smbios = ctx.opts.smbios
+    for key in ("manufacturer", "product", "version", "sku", "family"):
+        # virt-handler's VirtualMachineOptions, not the VMI: named as the request has it.
+        value = getattr(smbios, key)
+        if _XML_CHARS.fullmatch(value) is None:
+            raise ConversionError(f"options.VirtualMachineSMBios.{key}",
+                                  f"{_q(value)} contains characters a libvirt domain cannot "
+                                  "carry")
     sysinfo = _sub(dom, "sysinfo", type="smbios")
     # libvirt refuses a sysinfo uuid that differs from <uuid>: they are the same value.
     _entries(_sub(sysinfo, "system"), (
