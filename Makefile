@@ -42,3 +42,9 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache
+
+# N whole VM lifetimes under the monitor (hack/soak.py): leaks, leftovers, per-cycle time.
+SOAK_CYCLES ?= 100
+.PHONY: soak
+soak: setup
+	$(PY) -m hack.soak --cycles $(SOAK_CYCLES)

@@ -61,8 +61,12 @@ ReconnectHook = Callable[[Any], Awaitable[None]]
 
 class Connection:
     def __init__(self, uri: str, executor: ThreadPoolExecutor,
-                 daemon_ready: Callable[[], Awaitable[object]] | None = None) -> None:
+                 daemon_ready: Callable[[], Awaitable[object]] | None = None,
+                 label: str | None = None) -> None:
         self.uri = uri
+        # Which connection, when a process has several ("agent"): named in its log lines.
+        self._connected_msg = "libvirt connected" if label is None \
+            else f"libvirt connected ({label})"
         # Reconnect as soon as the supervisor reports the daemon back, instead of polling.
         self._daemon_ready = daemon_ready
         self._executor = executor
@@ -73,6 +77,8 @@ class Connection:
         self._on_reconnect: list[ReconnectHook] = []
         self.connects = 0
         self._log = structlog.get_logger().bind(uri=uri)
+        if label is not None:
+            self._log = self._log.bind(connection=label)
 
     @property
     def conn(self) -> Any:
@@ -104,7 +110,7 @@ class Connection:
                 self._closed.clear()
                 self._connected.set()
                 self.connects += 1
-                self._log.info("libvirt connected", connects=self.connects)
+                self._log.info(self._connected_msg, connects=self.connects)
                 return conn
             if loop.time() >= deadline:
                 raise LibvirtUnreachable(

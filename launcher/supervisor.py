@@ -138,6 +138,15 @@ class Launcher:
         self.daemons = DaemonSet(opts, paths)
         self.conn = Connection(paths.uri, self._executor,
                                daemon_ready=self.daemons.libvirt.ready.wait)
+        # Guest agent calls get a libvirt connection (and threads) of their own: a call on
+        # a connection waits while another call on it waits for the agent (up to 5 s per
+        # poll, 60 s for a freeze), so sharing one would hold up GetDomain, the notify
+        # snapshots and the shutdown behind a slow or hung guest agent.
+        self._agent_executor = ThreadPoolExecutor(max_workers=2,
+                                                  thread_name_prefix="libvirt-agent")
+        self.agent_conn = Connection(paths.uri, self._agent_executor,
+                                     daemon_ready=self.daemons.libvirt.ready.wait,
+                                     label="agent")
         self.notifier = Notifier(paths.notify_socket)
         self.relay = DomainRelay(conn=self.conn, notifier=self.notifier,
                                  domain=opts.domain_name, name=opts.name,
@@ -145,16 +154,17 @@ class Launcher:
         self.relay.listeners.append(self._on_domain_event)
         self.conn.on_reconnect(self.relay.attach)
         self.agent_cache = AgentCache()
-        self.agent = AgentPoller(conn=self.conn, domain=opts.domain_name,
+        self.agent = AgentPoller(conn=self.agent_conn, domain=opts.domain_name,
                                  cache=self.agent_cache, groups=groups_from(opts),
                                  on_change=self.relay.resync)
         self.relay.guest_status = lambda: guest_info.domain_status_fields(
             self.agent_cache.raw())
-        self.freeze = FreezeManager(self.conn, self.relay, on_status=self._fsfreeze_status)
+        self.freeze = FreezeManager(self.agent_conn, self.relay,
+                                    on_status=self._fsfreeze_status)
         self.syncer = Syncer(opts=opts, paths=paths, conn=self.conn, domain=opts.domain_name,
                              accepting=self._accepting_syncs)
         self.commands = Commands(opts, self.conn, self.relay, self.agent_cache, self.freeze,
-                                 syncer=self.syncer)
+                                 syncer=self.syncer, agent_conn=self.agent_conn)
         self.cmd_server = CmdServer(init_socket=paths.cmd_init_socket,
                                     ready_socket=paths.cmd_socket,
                                     nonroot=opts.run_as_nonroot,
@@ -206,6 +216,7 @@ class Launcher:
             self._log.error("STANDALONE_VMI rejected; exiting", error=str(rejected),
                             field=rejected.field)
             self._executor.shutdown(wait=False)
+            self._agent_executor.shutdown(wait=False)
             self.state = State.STOPPED
             return ExitCode.STANDALONE_VMI_FAILED
         loop = asyncio.get_running_loop()
@@ -237,6 +248,7 @@ class Launcher:
             for sig in SHUTDOWN_SIGNALS:
                 loop.remove_signal_handler(sig)
             self._executor.shutdown(wait=False, cancel_futures=True)
+            self._agent_executor.shutdown(wait=False, cancel_futures=True)
             self.state = State.STOPPED
         if self._exit_code == ExitCode.OK:
             self._log.info("launcher exited cleanly")
@@ -268,6 +280,9 @@ class Launcher:
             if not await self._until_shutdown(tg.create_task(self.conn.connect())):
                 return
             tg.create_task(self.conn.run(), name="libvirt-connection")
+            if not await self._until_shutdown(tg.create_task(self.agent_conn.connect())):
+                return
+            tg.create_task(self.agent_conn.run(), name="libvirt-agent-connection")
             notifier_task = tg.create_task(self.notifier.run(), name="notifier")
             agent_task = tg.create_task(self.agent.run(), name="agent-poller")
             await self.relay.attach(self.conn.conn)
@@ -517,6 +532,7 @@ class Launcher:
             async with asyncio.timeout(DAEMON_STOP_DEADLINE_S):
                 await self.relay.detach()
                 await self.conn.close()
+                await self.agent_conn.close()
                 await self.daemons.stop()
         except TimeoutError:
             self._log.error("daemons did not stop within the deadline",
