@@ -16,8 +16,7 @@ import uvloop
 
 from launcher import flags, logs
 from launcher.exitcodes import ExitCode
-from launcher.notifier import MAX_SOCKET_PATH
-from launcher.paths import Paths, derive
+from launcher.paths import MAX_SOCKET_PATH, Paths, agent_socket_too_long, derive
 from launcher.setup import SetupError, prepare
 from launcher.supervisor import Launcher
 
@@ -41,16 +40,18 @@ def limit_malloc_arenas() -> None:
         mallopt(M_ARENA_MAX, MALLOC_ARENAS)
 
 
-def socket_path_too_long(paths: Paths) -> str | None:
+def socket_path_too_long(paths: Paths, name_known: bool = True) -> str | None:
     """The first UNIX socket the launcher or its daemons bind whose path does not fit in
-    sun_path (108 bytes with the NUL), as a message naming the flags that place it."""
+    sun_path (108 bytes with the NUL), as a message naming the flags that place it.
+    `name_known`: the domain name is final (not taken from STANDALONE_VMI later)."""
     sockets = [paths.cmd_init_socket, paths.cmd_socket, paths.notify_socket,
                *paths.stale_sockets(paths.daemon), *paths.stale_sockets("virtlogd")]
     for path in sockets:
         if len(os.fsencode(path)) > MAX_SOCKET_PATH:
             return (f"--runtime-root / --kubevirt-share-dir: socket path {path} is longer "
                     f"than {MAX_SOCKET_PATH} bytes (the UNIX socket limit)")
-    return None
+    return agent_socket_too_long(paths, paths.domain) if name_known else None
+
 
 
 def main() -> None:
@@ -71,7 +72,7 @@ def run(argv: list[str]) -> int:
         log.error("simulated crash (--simulate-crash)")
         return ExitCode.SIMULATED_CRASH
     paths = derive(opts)
-    too_long = socket_path_too_long(paths)
+    too_long = socket_path_too_long(paths, name_known=bool(opts.name))
     if too_long is not None:
         log.error("invalid command line", error=too_long)
         return ExitCode.USAGE

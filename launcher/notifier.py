@@ -34,6 +34,7 @@ import structlog
 
 from launcher._proto.kubevirt.notify.info import info_pb2, info_pb2_grpc
 from launcher._proto.kubevirt.notify.v1 import notify_pb2, notify_pb2_grpc
+from launcher.paths import MAX_SOCKET_PATH  # grpc's own error for a longer path is vague
 
 EventType = Literal["ADDED", "MODIFIED", "DELETED", "ERROR"]
 SnapshotBuilder = Callable[[], Awaitable[tuple[EventType, bytes]]]  # -> (eventType, domainJSON)
@@ -50,9 +51,6 @@ TRANSIENT_CODES = frozenset({
     grpc.StatusCode.RESOURCE_EXHAUSTED,
     grpc.StatusCode.CANCELLED,
 })
-# sockaddr_un.sun_path is 108 bytes including the terminating NUL; grpc's own error for a
-# longer path does not say what is wrong.
-MAX_SOCKET_PATH = 107
 DROP_LOG_INTERVAL_S = 1.0
 MISMATCH_LOG_INTERVAL_S = 30.0
 

@@ -12,6 +12,9 @@ from typing import NamedTuple
 
 from launcher.flags import Options
 
+# sockaddr_un.sun_path is 108 bytes including the terminating NUL.
+MAX_SOCKET_PATH = 107
+
 VIRTLOGD = "virtlogd"
 
 
@@ -148,6 +151,17 @@ class Paths(NamedTuple):
             names = (f"{daemon}-sock", f"{daemon}-sock-ro", f"{daemon}-admin-sock")
         return [os.path.join(d, n) for n in names]
 
+    def agent_channel_socket(self, domain: str, domain_id: int = 99) -> str | None:
+        """Session mode: the guest agent socket libvirt generates for `domain` (KubeVirt's
+        converter leaves the channel's path to libvirt) in a directory named after the
+        domain's "short name", its id and the first 20 characters of its name
+        (virDomainDefGetShortName); the id defaults to a two-digit one. None in system
+        mode, where the directory is libvirt's own short /var/lib/libvirt/qemu/channel."""
+        if not self.nonroot:
+            return None
+        return os.path.join(self.libvirt_home, "libvirt", "qemu", "channel", "target",
+                            f"domain-{domain_id}-{domain[:20]}", "org.qemu.guest_agent.0")
+
     @property
     def uri(self) -> str:
         mode = "session" if self.nonroot else "system"
@@ -203,3 +217,14 @@ def derive(opts: Options) -> Paths:
         container_disk_dir=reroot(root, opts.container_disk_dir),
         hotplug_disk_dir=reroot(root, opts.hotplug_disk_dir),
     )
+
+
+def agent_socket_too_long(paths: Paths, domain: str) -> str | None:
+    """Non-root mode: the guest agent socket the session daemon will bind for `domain`, if
+    it cannot fit (with the runtime root /, as in a pod, it always does)."""
+    path = paths.agent_channel_socket(domain)
+    if path is None or len(os.fsencode(path)) <= MAX_SOCKET_PATH:
+        return None
+    return (f"--runtime-root: in non-root mode libvirt binds the guest agent socket of "
+            f"domain {domain} at {path}, longer than {MAX_SOCKET_PATH} bytes (the UNIX "
+            f"socket limit); use a shorter runtime root")

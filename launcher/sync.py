@@ -57,7 +57,7 @@ from launcher.converter.plan import Prep
 from launcher.flags import Options
 from launcher.libvirt_conn import Connection
 from launcher.libvirt_errors import libvirt_message, unsupported_flags
-from launcher.paths import Paths
+from launcher.paths import Paths, agent_socket_too_long
 
 STANDALONE_ENV = "STANDALONE_VMI"
 KUBEVIRT_NS = "http://kubevirt.io"
@@ -518,6 +518,9 @@ class Syncer:
             # KubeVirt's rule: the VMI ran already; its stopped domain stays stopped.
             return SyncResult("not-started", f"domain {self.domain} is not running and the "
                               f'VMI\'s phase is "{phase}": not started again')
+        if (too_long := agent_socket_too_long(self.paths, self.domain)) is not None:
+            # libvirt's own error comes only after the disks were prepared, at start
+            raise SyncError(too_long)
         await self._prepare_disks(conversion.preps, str(_metadata(vmi).get("uid") or ""))
         paused = _start_paused(vmi)
         started: SyncResult = await self._libvirt(

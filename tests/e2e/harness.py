@@ -216,9 +216,12 @@ class Instance:
 
 
 @contextlib.contextmanager
-def instance(nonroot: bool, on_failure: Callable[[], bool],
+def instance(nonroot: bool, on_failure: Callable[[], bool], short_root: bool = False,
              **kwargs: Any) -> Iterator[Instance]:
-    base = tempfile.mkdtemp(prefix="pvl-", dir="/tmp")
+    # short_root: /p<8>/r instead of /tmp/pvl-<8>/r, for non-root VMs: the session daemon
+    # binds the guest agent socket deep under the root (launcher.paths.agent_channel_socket)
+    base = tempfile.mkdtemp(prefix="p", dir="/") if short_root else tempfile.mkdtemp(
+        prefix="pvl-", dir="/tmp")
     os.chmod(base, 0o755)
     root = Path(base) / "r"
     root.mkdir()

@@ -63,3 +63,28 @@ def test_runtime_root_puts_every_path_under_it() -> None:
     assert binds["/etc/libvirt"] == "/tmp/r/etc/libvirt"
     assert binds["/run/libvirt"] == "/tmp/r/var/run/libvirt"
     assert p.qemu_pidfile == "/tmp/r/var/run/libvirt/qemu/ns_vm.pid"
+
+
+def test_agent_channel_socket_in_session_mode_and_the_pod_always_fits() -> None:
+    from launcher.paths import MAX_SOCKET_PATH, agent_socket_too_long  # noqa: PLC0415
+
+    p = derive(flags.parse(["--name", "vm", "--namespace", "ns", "--run-as-nonroot"],
+                           environ={}))
+    # the path libvirt 9's session daemon generated in tests/e2e/test_nonroot.py's boots
+    assert p.agent_channel_socket("ns_vm", 1) == (
+        "/var/run/kubevirt-private/libvirt/qemu/channel/target/domain-1-ns_vm/"
+        "org.qemu.guest_agent.0")
+    # libvirt's short name: the first 20 characters of the domain name
+    longest = "n" * 63 + "_" + "v" * 63
+    worst = p.agent_channel_socket(longest)
+    assert worst is not None and f"/domain-99-{'n' * 20}/" in worst
+    # KubeVirt's own layout (runtime root /): even the longest name fits
+    assert len(worst) <= MAX_SOCKET_PATH
+    assert agent_socket_too_long(p, longest) is None
+    # under a runtime root it may not; system mode uses libvirt's /var/lib path
+    deep = derive(flags.parse(["--run-as-nonroot", "--runtime-root", "/" + "r" * 20],
+                              environ={}))
+    assert agent_socket_too_long(deep, longest) is not None
+    root_mode = derive(flags.parse(["--runtime-root", "/" + "r" * 20], environ={}))
+    assert root_mode.agent_channel_socket(longest) is None
+    assert agent_socket_too_long(root_mode, longest) is None
