@@ -403,7 +403,7 @@ class FakeConnection:
 
 def syncer(conn: FakeConn, *, xml: str = BASE, prepared: list[Sequence[Prep]] | None = None,
            probe: tuple[bool, str] = (False, "no vmx"), allow: bool = True,
-           tmp: Path) -> Syncer:
+           tmp: Path, nonroot: bool = False) -> Syncer:
     def convert(vmi: Mapping[str, Any], opts: ConvertOptions) -> Conversion:
         if vmi.get("bad"):
             raise ConversionError("spec.domain.devices.disks[0].disk.bus", '"ide" is not '
@@ -416,7 +416,7 @@ def syncer(conn: FakeConn, *, xml: str = BASE, prepared: list[Sequence[Prep]] | 
         if prepared is not None:
             prepared.append(preps)
 
-    opts = OPTS._replace(allow_emulation=allow, runtime_root=str(tmp))
+    opts = OPTS._replace(allow_emulation=allow, runtime_root=str(tmp), run_as_nonroot=nonroot)
     return Syncer(opts=opts, paths=derive(opts), conn=cast(Connection, FakeConnection(conn)),
                   domain="ns1_vm1", convert_fn=convert, prepare_fn=prepare,
                   kvm_probe=lambda: probe)
@@ -496,3 +496,19 @@ def test_syncer_failures_leave_libvirt_as_it_was(tmp_path: Path) -> None:
         run(syncer(conn, tmp=tmp_path).sync(VMI_DOC))
     assert conn.domains["ns1_vm1"].xml == old
     assert conn.defined[-2:] == [BASE, old]
+
+
+def test_syncer_refuses_an_agent_socket_path_too_long_before_preparing_disks(
+    tmp_path: Path,
+) -> None:
+    conn = FakeConn()
+    prepared: list[Sequence[Prep]] = []
+    deep = tmp_path / ("d" * 40)
+    with pytest.raises(SyncError) as err:
+        run(syncer(conn, prepared=prepared, tmp=deep, nonroot=True).sync(VMI_DOC))
+    assert str(err.value).startswith("--runtime-root: in non-root mode libvirt binds the "
+                                     "guest agent socket of domain ns1_vm1 at ")
+    assert (prepared, conn.defined) == ([], [])
+    # the same root as root (system mode: libvirt's /var/lib path) is fine
+    result = run(syncer(conn, prepared=prepared, tmp=deep).sync(VMI_DOC))
+    assert result.action == "started" and len(prepared) == 1
