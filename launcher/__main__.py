@@ -16,7 +16,7 @@ import uvloop
 
 from launcher import flags, logs
 from launcher.exitcodes import ExitCode
-from launcher.paths import MAX_SOCKET_PATH, Paths, agent_socket_too_long, derive
+from launcher.paths import MAX_SOCKET_PATH, Paths, derive
 from launcher.setup import SetupError, prepare
 from launcher.supervisor import Launcher
 
@@ -40,17 +40,17 @@ def limit_malloc_arenas() -> None:
         mallopt(M_ARENA_MAX, MALLOC_ARENAS)
 
 
-def socket_path_too_long(paths: Paths, name_known: bool = True) -> str | None:
+def socket_path_too_long(paths: Paths) -> str | None:
     """The first UNIX socket the launcher or its daemons bind whose path does not fit in
-    sun_path (108 bytes with the NUL), as a message naming the flags that place it.
-    `name_known`: the domain name is final (not taken from STANDALONE_VMI later)."""
+    sun_path (108 bytes with the NUL), as a message naming the flags that place it. (The
+    guest agent's socket depends on the domain XML: the Syncer checks the converter's.)"""
     sockets = [paths.cmd_init_socket, paths.cmd_socket, paths.notify_socket,
                *paths.stale_sockets(paths.daemon), *paths.stale_sockets("virtlogd")]
     for path in sockets:
         if len(os.fsencode(path)) > MAX_SOCKET_PATH:
             return (f"--runtime-root / --kubevirt-share-dir: socket path {path} is longer "
                     f"than {MAX_SOCKET_PATH} bytes (the UNIX socket limit)")
-    return agent_socket_too_long(paths, paths.domain) if name_known else None
+    return None
 
 
 
@@ -72,7 +72,7 @@ def run(argv: list[str]) -> int:
         log.error("simulated crash (--simulate-crash)")
         return ExitCode.SIMULATED_CRASH
     paths = derive(opts)
-    too_long = socket_path_too_long(paths, name_known=bool(opts.name))
+    too_long = socket_path_too_long(paths)
     if too_long is not None:
         log.error("invalid command line", error=too_long)
         return ExitCode.USAGE

@@ -220,8 +220,9 @@ def derive(opts: Options) -> Paths:
 
 
 def agent_socket_too_long(paths: Paths, domain: str) -> str | None:
-    """Non-root mode: the guest agent socket the session daemon will bind for `domain`, if
-    it cannot fit (with the runtime root /, as in a pod, it always does)."""
+    """Non-root mode: the guest agent socket the session daemon will bind for `domain` when
+    the channel names no path (as the converter's, and KubeVirt's, do), if it cannot fit
+    (with the runtime root /, as in a pod, it always does)."""
     path = paths.agent_channel_socket(domain)
     if path is None or len(os.fsencode(path)) <= MAX_SOCKET_PATH:
         return None

@@ -173,21 +173,3 @@ def test_standalone_vmi_garbage_exits_14_before_any_daemon(
     assert sockets == [], sockets
     nothing_started(root)
 
-
-def test_nonroot_agent_socket_too_long_for_the_runtime_root_is_refused(root: Path) -> None:
-    """Non-root: libvirt's session daemon binds the guest agent socket under the runtime
-    root, in a directory named after the domain (up to 20 characters of its name)."""
-    deep = root / ("d" * 30)
-    argv = ["--runtime-root", str(deep), "--run-as-nonroot", "--name", "a-long-vm-name",
-            "--namespace", "default"]
-    for binary in (LAUNCHER, MONITOR):
-        proc = run(binary, argv, {})
-        assert proc.returncode == USAGE, (proc.returncode, proc.stdout, proc.stderr)
-        (record,) = error_lines(proc)
-        assert record["error"] == (
-            "--runtime-root: in non-root mode libvirt binds the guest agent socket of domain "
-            f"default_a-long-vm-name at {deep}/var/run/kubevirt-private/libvirt/qemu/channel/"
-            "target/domain-99-default_a-long-vm-na/org.qemu.guest_agent.0, longer than 107 "
-            "bytes (the UNIX socket limit); use a shorter runtime root"), record
-    assert not deep.exists()
-    nothing_started(root)
