@@ -55,6 +55,7 @@ GRACE_S = 20  # --grace-period-seconds; the monitor kills a hung launcher 15 s l
 EXIT_SLACK_S = 10  # a clean exit comes this long after the grace period at the latest
 UNFREEZE_TIMEOUT_S = 4  # the freeze's auto-thaw, so a lost thaw shows within the test
 AGENT_STOP_S = 6  # how long the guest agent stays SIGSTOPped
+EXEC_SETTLE_S = 0.3  # the least delay of that stop after the Exec that schedules it
 LAUNCHER_KILLED = 128 + signal.SIGKILL
 
 # component -> what happens to the VM
@@ -123,6 +124,9 @@ class Run:
             self.delay_s = rng.uniform(0.0, 0.1)
             if self.case.component == "agent":
                 self.schedule_agent_stop(self.delay_s)
+                # the stop comes EXEC_SETTLE_S + delay after the job's shell exited, a
+                # little before the Exec returned: start the freeze just ahead of it
+                time.sleep(EXEC_SETTLE_S - 0.1)
                 self.delay_s = 0.0
             self.freeze_call = Background(lambda: self.cmd.freeze(UNFREEZE_TIMEOUT_S)).start()
         elif moment == "frozen":
@@ -151,15 +155,32 @@ class Run:
         self.qemu_before = qemu_pid(self.inst)
 
     def schedule_agent_stop(self, after_s: float) -> None:
-        """SIGSTOP qemu-ga inside the guest `after_s` from now, SIGCONT it AGENT_STOP_S
-        later: a job in the guest, since nothing can reach a stopped agent."""
-        script = (f"(usleep {int(after_s * 1e6)}; kill -STOP $(pidof qemu-ga); "
-                  f"sleep {AGENT_STOP_S}; kill -CONT $(pidof qemu-ga)) >/dev/null 2>&1 &")
-        self.notes["agent_stop_after_s"] = round(after_s, 3)
-        out, failed = self.cmd.exec_retrying("/bin/sh", "-c", script)
-        assert out.response.success and out.exitCode == 0, out
-        if failed:
-            self.notes["agent_unresponsive_before_fault"] = failed
+        """SIGSTOP qemu-ga inside the guest EXEC_SETTLE_S + `after_s` from now, SIGCONT it
+        AGENT_STOP_S later: a job in the guest, since nothing can reach a stopped agent.
+
+        The job is started by an Exec, which polls guest-exec-status every 0.1 s until the
+        shell exits: a stop sooner than EXEC_SETTLE_S after the shell's exit would catch
+        that last poll, the Exec would return only after the SIGCONT and the stop would be
+        over before the test looks. Should it happen anyway (a slow guest), the stop is
+        scheduled again."""
+        script = (f"(usleep {int((EXEC_SETTLE_S + after_s) * 1e6)}; kill -STOP $(pidof "
+                  f"qemu-ga); sleep {AGENT_STOP_S}; kill -CONT $(pidof qemu-ga)) "
+                  ">/dev/null 2>&1 &")
+        self.notes["agent_stop_after_s"] = round(EXEC_SETTLE_S + after_s, 3)
+        for attempt in range(1, 4):
+            t0 = time.monotonic()
+            out, failed = self.cmd.exec_retrying("/bin/sh", "-c", script)
+            took = time.monotonic() - t0
+            assert out.response.success and out.exitCode == 0, out
+            if failed:
+                self.notes["agent_unresponsive_before_fault"] = failed
+            if took < AGENT_STOP_S - 1:
+                return
+            # caught by its own stop: wait for that one to end, then once more
+            self.notes["agent_stop_rescheduled"] = attempt
+            wait_for(self.cmd.guest_ping, AGENT_STOP_S + 30, interval=0.5,
+                     what="agent back after a stop that caught its own Exec")
+        raise AssertionError(f"the agent stop kept catching its own Exec: {self.notes}")
 
     # --- the fault ----------------------------------------------------------------------
     def inject(self) -> None:
