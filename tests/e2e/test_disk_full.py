@@ -12,6 +12,7 @@ in exit code 14, once, with nothing left.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -73,10 +74,21 @@ def free_bytes(path: Path) -> int:
 def fill(path: Path, keep: int = 0) -> Path:
     """Take all the space of the filesystem at `path` but `keep` bytes."""
     filler = path / f"filler-{len(list(path.glob('filler-*')))}"
-    size = free_bytes(path) - keep
     with open(filler, "wb") as f:
-        if size > 0:
-            os.posix_fallocate(f.fileno(), 0, size)
+        # A running guest's overlay may grow between the free-space reading and the
+        # allocation (ENOSPC for the whole request; tmpfs undoes a failed fallocate):
+        # read again and take what is left.
+        for _ in range(100):
+            size = free_bytes(path) - keep
+            if size <= 0:
+                break
+            try:
+                os.posix_fallocate(f.fileno(), os.fstat(f.fileno()).st_size, size)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                continue
+            break
     assert free_bytes(path) <= keep + 4096, (free_bytes(path), keep)
     return filler
 
