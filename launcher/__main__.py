@@ -53,7 +53,6 @@ def socket_path_too_long(paths: Paths) -> str | None:
     return None
 
 
-
 def main() -> None:
     limit_malloc_arenas()
     sys.exit(run(sys.argv[1:]))

@@ -172,4 +172,3 @@ def test_standalone_vmi_garbage_exits_14_before_any_daemon(
     sockets = [p for p in root.rglob("*") if p.is_socket()]
     assert sockets == [], sockets
     nothing_started(root)
-
