@@ -105,13 +105,21 @@ class Connection:
             except libvirt.libvirtError as exc:
                 last_error = str(exc)
             else:
-                await self.call(self._arm, conn, loop)
-                self._conn = conn
-                self._closed.clear()
-                self._connected.set()
-                self.connects += 1
-                self._log.info(self._connected_msg, connects=self.connects)
-                return conn
+                try:
+                    await self.call(self._arm, conn, loop)
+                except libvirt.libvirtError as exc:
+                    # The daemon went away between the open and the set-up (a kill -9
+                    # right after a restart): as a failed open, not a launcher failure.
+                    last_error = str(exc)
+                    with contextlib.suppress(libvirt.libvirtError):
+                        await self.call(conn.close)
+                else:
+                    self._conn = conn
+                    self._closed.clear()
+                    self._connected.set()
+                    self.connects += 1
+                    self._log.info(self._connected_msg, connects=self.connects)
+                    return conn
             if loop.time() >= deadline:
                 raise LibvirtUnreachable(
                     f"cannot connect to {self.uri} within {timeout_s:g}s: {last_error}")
@@ -144,7 +152,8 @@ class Connection:
         """Keep the connection up: after a close, reconnect (forever, with the connect
         retry), then run the reconnect hooks."""
         if self._conn is None:
-            await self.connect()
+            # lost before this task first ran (or never made): the hooks are owed too
+            await self.run_hooks(await self.connect())
         while True:
             await self._closed.wait()
             if self.stopping:
@@ -156,8 +165,22 @@ class Connection:
             except LibvirtUnreachable as exc:
                 self._log.warning("libvirt still unreachable, retrying", error=str(exc))
                 continue
+            await self.run_hooks(conn)
+
+    async def run_hooks(self, conn: Any) -> None:
+        """The reconnect hooks on `conn`. A libvirt error in them (the daemon went away again
+        right after the connect) is a lost connection, not a launcher failure: it goes
+        through the reconnect path, which runs them again."""
+        try:
             for hook in self._on_reconnect:
                 await hook(conn)
+        except libvirt.libvirtError as exc:
+            self._log.warning("libvirt connection lost while setting it up; reconnecting",
+                              error=str(exc))
+            if conn is self._conn:
+                self._on_closed(conn, libvirt.VIR_CONNECT_CLOSE_REASON_ERROR)
+            with contextlib.suppress(libvirt.libvirtError):
+                await self.call(conn.close)
 
     async def reset(self) -> None:
         """Drop the current connection and go through the reconnect path (hooks included),

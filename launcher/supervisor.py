@@ -285,7 +285,8 @@ class Launcher:
             tg.create_task(self.agent_conn.run(), name="libvirt-agent-connection")
             notifier_task = tg.create_task(self.notifier.run(), name="notifier")
             agent_task = tg.create_task(self.agent.run(), name="agent-poller")
-            await self.relay.attach(self.conn.conn)
+            if self.conn.conn is not None:  # else the reconnect path attaches it
+                await self.conn.run_hooks(self.conn.conn)
             await self.cmd_server.start()
             self.state = State.WAITING
             self._log.info("launcher running", uri=self.paths.uri,
