@@ -45,15 +45,15 @@ from pathlib import Path
 from typing import Any
 
 import libvirt
-import psutil
 import uvloop
 
 from hack import bench_monitor_rss, bench_relay
 from hack.bench_cmd import (
     BenchError,
     agent_connected,
-    cmd_refs,
     json_lines,
+    kill_strays,
+    stop_all,
     wait_for,
 )
 from hack.bench_cmd import run as bench_cmd_run
@@ -444,17 +444,6 @@ class Pod:
     ready_s: float
 
 
-def kill_strays(base: Path) -> int:
-    """Kill processes (not us) whose command line mentions `base`; how many there were."""
-    strays = cmd_refs(base)
-    for p in strays:
-        log(f"    killing leftover pid {p.pid}")
-        with contextlib.suppress(psutil.Error):
-            p.kill()
-    psutil.wait_procs(strays, timeout=10)
-    return len(strays)
-
-
 def wait_text(path: Path, text: str, timeout: float, proc: subprocess.Popen[bytes]) -> None:
     def seen() -> bool:
         with contextlib.suppress(FileNotFoundError):
@@ -515,11 +504,7 @@ def pod(s: Samples, extra: Sequence[str]) -> Iterator[Pod]:
         yield Pod(base, root, paths, launcher_log, events_log, monitor, receiver, ready_s)
         ok = True
     finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        s.check("processes_left", kill_strays(base))
+        s.check("processes_left", len(stop_all(procs, base)))
         if ok:
             shutil.rmtree(base, ignore_errors=True)
         else:

@@ -253,14 +253,42 @@ def run_clients(paths: Paths, method: str, *, clients: int, calls: int, warmup: 
             "client_cpu_us_per_call": round(client_cpu / len(lat) * 1e6, 1)}
 
 
-def cmd_refs(root: Path) -> list[psutil.Process]:
-    """Processes (not us) whose command line mentions the runtime root."""
-    me = os.getpid()
+def cmd_refs(root: Path | str) -> list[psutil.Process]:
+    """Processes (not us) whose command line or environment mentions `root` (the runtime
+    root, or any marker): daemons, QEMU, and anything spawned with our XDG dirs."""
+    marker, me = str(root), os.getpid()
     out = []
     for p in psutil.process_iter(["cmdline"]):
-        if p.pid != me and any(str(root) in a for a in p.info["cmdline"] or ()):
-            out.append(p)
+        if p.pid == me:
+            continue
+        try:
+            if any(marker in a for a in p.info["cmdline"] or ()) or any(
+                    marker in v for v in p.environ().values()):
+                out.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
     return out
+
+
+def kill_strays(base: Path) -> list[int]:
+    """Kill processes (not us) that mention `base`; their pids."""
+    strays = cmd_refs(base)
+    for p in strays:
+        log(f"    killing leftover pid {p.pid}")
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(strays, timeout=10)
+    return [p.pid for p in strays]
+
+
+def stop_all(procs: list[subprocess.Popen[bytes]], base: Path) -> list[int]:
+    """A run's teardown: the processes it started, newest first, then anything left that
+    mentions `base`; the pids of those leftovers."""
+    for p in reversed(procs):
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    return kill_strays(base)
 
 
 def version_str(v: int) -> str:
@@ -481,16 +509,7 @@ def run(keep: bool = False) -> dict[str, Any]:
                 if (base / "launcher.log").exists() else ():
             log(f"    | {line}")
     finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        strays = cmd_refs(base)
-        for stray in strays:
-            log(f"killing leftover pid {stray.pid}")
-            with contextlib.suppress(psutil.Error):
-                stray.kill()
-        psutil.wait_procs(strays, timeout=10)
+        stop_all(procs, base)
         if keep or not ok:
             (base / "r" / "data.ext4").unlink(missing_ok=True)
             log(f"logs kept in {base}")

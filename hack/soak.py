@@ -27,7 +27,6 @@ Exits 0 when every check held, 1 otherwise (the JSON says which); progress on st
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import json
 import os
@@ -46,7 +45,19 @@ from typing import Any
 import grpc
 import psutil
 
-from hack.guestvm import AGENT_CHANNEL, stage, vmi
+from hack.bench_cmd import (
+    BenchError,
+    agent_connected,
+    cmd_refs,
+    guest_info,
+    has_log,
+    json_lines,
+    launcher_pid,
+    log,
+    stop_all,
+    wait_for,
+)
+from hack.guestvm import stage, vmi
 from launcher import flags
 from launcher._proto.kubevirt.cmd.v1 import cmd_pb2, cmd_pb2_grpc
 from launcher.paths import Paths, derive
@@ -64,58 +75,8 @@ THREAD_GROWTH_LIMIT = 1
 TIME_GROWTH_LIMIT = 0.25
 
 
-class CycleError(Exception):
-    pass
-
-
-def log(text: str) -> None:
-    sys.stderr.write(text + "\n")
-    sys.stderr.flush()
-
-
-def wait_for(pred: Callable[[], Any], timeout: float, what: str,
-             alive: subprocess.Popen[bytes] | None = None, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if alive is not None and alive.poll() is not None:
-            raise CycleError(f"monitor exited ({alive.returncode}) while waiting for {what}")
-        if time.monotonic() > deadline:
-            raise CycleError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
-
-
-def json_lines(path: Path) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    with contextlib.suppress(FileNotFoundError):
-        for line in path.read_text(errors="replace").splitlines():
-            with contextlib.suppress(ValueError):
-                rec = json.loads(line)
-                if isinstance(rec, dict):
-                    out.append(rec)
-    return out
-
-
-def logged(path: Path, msg: str) -> bool:
-    return any(r.get("msg") == msg for r in json_lines(path))
-
-
-def references(marker: str) -> list[psutil.Process]:
-    """Processes (not us) whose command line or environment mentions `marker`."""
-    me = os.getpid()
-    found = []
-    for p in psutil.process_iter(["cmdline"]):
-        if p.pid == me:
-            continue
-        try:
-            if any(marker in a for a in p.info["cmdline"] or ()) or any(
-                    marker in v for v in p.environ().values()):
-                found.append(p)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-    return found
+class CycleError(BenchError):
+    """A cycle's check failed."""
 
 
 def mounts_with(marker: str) -> list[str]:
@@ -135,16 +96,6 @@ def host_counts() -> dict[str, int]:
 def stub(paths: Paths) -> tuple[grpc.Channel, Any]:
     channel = grpc.insecure_channel(f"unix:{paths.cmd_socket}")
     return channel, cmd_pb2_grpc.CmdStub(channel)
-
-
-def guest_info(paths: Paths) -> dict[str, Any]:
-    channel, cmd = stub(paths)
-    with channel:
-        resp = cmd.GetGuestInfo(cmd_pb2.EmptyRequest(), timeout=5)
-    if not resp.response.success:
-        return {}
-    doc = json.loads(resp.guestInfoResponse)
-    return doc if isinstance(doc, dict) else {}
 
 
 def vmi_request(uid: str) -> Any:
@@ -172,23 +123,6 @@ def freeze_thaw(paths: Paths, uid: str) -> None:
 def last_snapshot(events: Path) -> dict[str, Any] | None:
     doms = [r for r in json_lines(events) if r.get("kind") == "domain"]
     return doms[-1] if doms else None
-
-
-def agent_connected(events: Path) -> bool:
-    last = last_snapshot(events)
-    if last is None or not isinstance(last.get("domain"), dict):
-        return False
-    channels = last["domain"].get("Spec", {}).get("Devices", {}).get("Channels", [])
-    return any(ch.get("Target", {}).get("Name") == AGENT_CHANNEL
-               and ch.get("Target", {}).get("State") == "connected" for ch in channels)
-
-
-def launcher_of(monitor: subprocess.Popen[bytes]) -> psutil.Process:
-    kids = [c for c in psutil.Process(monitor.pid).children()
-            if any("virt-launcher" in a and "monitor" not in a for a in c.cmdline())]
-    if len(kids) != 1:
-        raise CycleError(f"expected one launcher under the monitor, found {kids}")
-    return kids[0]
 
 
 def cycle(n: int, keep_failed: bool) -> dict[str, Any]:
@@ -220,16 +154,17 @@ def cycle(n: int, keep_failed: bool) -> dict[str, Any]:
                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env={**os.environ, "STANDALONE_VMI": standalone})
         procs.append(monitor)
-        wait_for(lambda: logged(mon_log, "launcher running"), 30, "launcher running", monitor)
+        wait_for(lambda: has_log(mon_log, "launcher running"), 30, "launcher running",
+                 monitor)
         res["running_s"] = round(time.monotonic() - t_start, 2)
         wait_for(lambda: agent_connected(events), 120, "agent connected", monitor, 0.1)
-        wait_for(lambda: guest_info(paths).get("guestAgentVersion"), 60, "agent cache",
+        wait_for(lambda: bool(guest_info(paths).get("guestAgentVersion")), 60, "agent cache",
                  monitor, 0.1)
         res["agent_s"] = round(time.monotonic() - t_start, 2)
         t = time.monotonic()
         freeze_thaw(paths, uid)
         res["freeze_thaw_s"] = round(time.monotonic() - t, 3)
-        launcher = launcher_of(monitor)
+        launcher = psutil.Process(launcher_pid(monitor))
         with launcher.oneshot():
             res["launcher_rss_mib"] = round(launcher.memory_info().rss / MIB, 2)
             res["launcher_fds"] = launcher.num_fds()
@@ -252,7 +187,7 @@ def cycle(n: int, keep_failed: bool) -> dict[str, Any]:
         receiver = procs[0]
         receiver.terminate()
         receiver.wait(10)
-        wait_for(lambda: not references(str(base)), 10, "no process left")
+        wait_for(lambda: not cmd_refs(base), 10, "no process left")
         if mounts_with(str(base)):
             raise CycleError(f"mounts left: {mounts_with(str(base))}")
         residue = [p for p in root.rglob("*") if p.is_socket() or p.name.endswith(".pid")]
@@ -263,25 +198,17 @@ def cycle(n: int, keep_failed: bool) -> dict[str, Any]:
         if n == 1:
             res["files_left_in_root_list"] = left_files
         ok = True
-    except (CycleError, OSError, grpc.RpcError, psutil.Error) as exc:
+    except (BenchError, OSError, grpc.RpcError, psutil.Error) as exc:
         res["error"] = f"{type(exc).__name__}: {exc}"
         log(f"cycle {n} failed: {res['error']}")
         for line in mon_log.read_text(errors="replace").splitlines()[-40:] \
                 if mon_log.exists() else ():
             log(f"    | {line}")
     finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        strays = references(str(base))
+        strays = stop_all(procs, base)
         if strays:
-            res.setdefault("error", f"processes left: {[p.pid for p in strays]}")
+            res.setdefault("error", f"processes left: {strays}")
             ok = False
-        for stray in strays:
-            with contextlib.suppress(psutil.Error):
-                stray.kill()
-        psutil.wait_procs(strays, timeout=10)
         if ok or not keep_failed:
             # the pod's volumes go away with the pod
             shutil.rmtree(base)
@@ -337,7 +264,7 @@ def summarize(cycles: list[dict[str, Any]], before: dict[str, int],
     else:
         summary["first_vs_last"] = f"needs >= {2 * COMPARE} good cycles"
     summary["host_before"], summary["host_after"] = before, after
-    checks["no soak process or mount left"] = (not references(PREFIX)
+    checks["no soak process or mount left"] = (not cmd_refs(PREFIX)
                                                and not mounts_with(PREFIX))
     checks["no QEMU more than before"] = after["qemu_processes"] <= before["qemu_processes"]
     checks["soak's own fds unchanged"] = after["soak_fds"] <= before["soak_fds"]

@@ -177,18 +177,18 @@ class Connection:
         except libvirt.libvirtError as exc:
             self._log.warning("libvirt connection lost while setting it up; reconnecting",
                               error=str(exc))
-            if conn is self._conn:
-                self._on_closed(conn, libvirt.VIR_CONNECT_CLOSE_REASON_ERROR)
-            with contextlib.suppress(libvirt.libvirtError):
-                await self.call(conn.close)
+            await self._drop(conn, libvirt.VIR_CONNECT_CLOSE_REASON_ERROR)
 
     async def reset(self) -> None:
         """Drop the current connection and go through the reconnect path (hooks included),
         as when the daemon goes away. Local drivers never report a closed connection."""
-        conn = self._conn
-        if conn is None:
-            return
-        self._on_closed(conn, libvirt.VIR_CONNECT_CLOSE_REASON_CLIENT)
+        if self._conn is not None:
+            await self._drop(self._conn, libvirt.VIR_CONNECT_CLOSE_REASON_CLIENT)
+
+    async def _drop(self, conn: Any, reason: int) -> None:
+        """`conn` is lost: the reconnect path takes over (unless a newer connection is
+        current already), and it is closed."""
+        self._on_closed(conn, reason)  # a no-op unless conn is the current one
         with contextlib.suppress(libvirt.libvirtError):
             await self.call(conn.close)
 
