@@ -23,7 +23,8 @@ from typing import Any
 
 import grpc
 
-from launcher._proto.kubevirt.cmd.v1 import cmd_pb2, cmd_pb2_grpc
+from launcher._proto.kubevirt.cmd.v1 import cmd_pb2
+from tests.e2e import guest
 from tests.e2e.guest import Receiver, agent_state, status
 from tests.e2e.harness import Instance, socket_accepts, wait_for
 
@@ -90,60 +91,15 @@ class LogTail:
         return sum(1 for r in self.poll() if r.get("msg") == msg)
 
 
-class Cmd:
-    """The command API over the instance's socket."""
-
-    def __init__(self, inst: Instance) -> None:
-        self.inst = inst
-        self.domain = f"{inst.namespace}_{inst.name}"
-
-    def _stub(self) -> tuple[grpc.Channel, Any]:
-        channel = grpc.insecure_channel(f"unix:{self.inst.paths.cmd_socket}")
-        return channel, cmd_pb2_grpc.CmdStub(channel)
-
-    def _vmi(self) -> cmd_pb2.VMI:
-        doc = {"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
-               "metadata": {"name": self.inst.name, "namespace": self.inst.namespace,
-                            "uid": f"uid-{self.inst.root.name}"}}
-        return cmd_pb2.VMI(vmiJson=json.dumps(doc).encode())
+class Cmd(guest.Cmd):
+    """The command API, plus what the fault cases ask of it."""
 
     def ping(self, timeout: float = 5) -> bool:
-        channel, stub = self._stub()
-        with channel:
-            return bool(stub.Ping(cmd_pb2.EmptyRequest(), timeout=timeout).success)
+        return bool(self.stub.Ping(cmd_pb2.EmptyRequest(), timeout=timeout).success)
 
     def domain_status(self) -> tuple[str, str]:
-        channel, stub = self._stub()
-        with channel:
-            resp = stub.GetDomain(cmd_pb2.EmptyRequest(), timeout=10)
-        assert resp.response.success, resp.response.message
-        st = json.loads(resp.domain)["Status"]
+        st = self.domain()["Status"]
         return st["Status"], st["Reason"]
-
-    def guest_info(self) -> dict[str, Any]:
-        channel, stub = self._stub()
-        with channel:
-            resp = stub.GetGuestInfo(cmd_pb2.EmptyRequest(), timeout=10)
-        assert resp.response.success, resp.response.message
-        doc: dict[str, Any] = json.loads(resp.guestInfoResponse)
-        return doc
-
-    def freeze(self, unfreeze_timeout_s: int, timeout: float = 90) -> cmd_pb2.Response:
-        channel, stub = self._stub()
-        with channel:
-            resp: cmd_pb2.Response = stub.FreezeVirtualMachine(
-                cmd_pb2.FreezeRequest(vmi=self._vmi(),
-                                      unfreezeTimeoutSeconds=unfreeze_timeout_s),
-                timeout=timeout)
-        return resp
-
-    def exec(self, command: str, *args: str, timeout_s: int = 10) -> cmd_pb2.ExecResponse:
-        channel, stub = self._stub()
-        with channel:
-            resp: cmd_pb2.ExecResponse = stub.Exec(cmd_pb2.ExecRequest(
-                domainName=self.domain, Command=command, Args=list(args),
-                timeoutSeconds=timeout_s), timeout=timeout_s + 10)
-        return resp
 
     def exec_retrying(self, command: str, *args: str, within_s: float = 30,
                       timeout_s: int = 10) -> tuple[cmd_pb2.ExecResponse, int]:
@@ -163,14 +119,12 @@ class Cmd:
                 time.sleep(0.5)
 
     def guest_ping(self, timeout_s: int = 3) -> bool:
-        channel, stub = self._stub()
-        with channel:
-            try:
-                stub.GuestPing(cmd_pb2.GuestPingRequest(domainName=self.domain,
-                                                        timeoutSeconds=timeout_s),
-                               timeout=timeout_s + 10)
-            except grpc.RpcError:
-                return False
+        try:
+            self.stub.GuestPing(cmd_pb2.GuestPingRequest(
+                domainName=f"{self.inst.namespace}_{self.inst.name}",
+                timeoutSeconds=timeout_s), timeout=timeout_s + 10)
+        except grpc.RpcError:
+            return False
         return True
 
 

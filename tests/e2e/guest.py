@@ -7,12 +7,17 @@ import json
 import os
 import shutil
 import subprocess
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 from hack import guestvm
 from hack.guestvm import AGENT_CHANNEL, guest_env
+from launcher._proto.kubevirt.cmd.v1 import cmd_pb2, cmd_pb2_grpc
 from tests.e2e.harness import VENV_BIN, Instance, ensure_test_user, wait_for
 
 BOOT_TO_AGENT_TIMEOUT_S = 90.0  # ~8 s alone under TCG; several guests share 2 cores
@@ -143,3 +148,56 @@ def agent_state(event: dict[str, Any]) -> str | None:
             state: str | None = ch["Target"].get("State")
             return state
     return None
+
+
+class Cmd:
+    """The command API over an instance's socket, one channel (close it at the end)."""
+
+    def __init__(self, inst: Instance) -> None:
+        self.inst = inst
+        self.channel = grpc.insecure_channel(f"unix:{inst.paths.cmd_socket}")
+        self.stub = cmd_pb2_grpc.CmdStub(self.channel)
+
+    @property
+    def vmi(self) -> cmd_pb2.VMI:
+        doc = {"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+               "metadata": {"name": self.inst.name, "namespace": self.inst.namespace,
+                            "uid": f"uid-{self.inst.root.name}"}}
+        return cmd_pb2.VMI(vmiJson=json.dumps(doc).encode())
+
+    def vmi_call(self, rpc: str) -> cmd_pb2.Response:
+        resp: cmd_pb2.Response = getattr(self.stub, rpc)(cmd_pb2.VMIRequest(vmi=self.vmi),
+                                                         timeout=30)
+        return resp
+
+    def guest_info(self) -> dict[str, Any]:
+        resp = self.stub.GetGuestInfo(cmd_pb2.EmptyRequest(), timeout=5)
+        assert resp.response.success, resp.response.message
+        doc: dict[str, Any] = json.loads(resp.guestInfoResponse)
+        return doc
+
+    def domain(self) -> dict[str, Any]:
+        resp = self.stub.GetDomain(cmd_pb2.EmptyRequest(), timeout=5)
+        assert resp.response.success, resp.response.message
+        doc: dict[str, Any] = json.loads(resp.domain)
+        return doc
+
+    def freeze(self, unfreeze_timeout_s: int, timeout: float = 60) -> cmd_pb2.Response:
+        resp: cmd_pb2.Response = self.stub.FreezeVirtualMachine(
+            cmd_pb2.FreezeRequest(vmi=self.vmi, unfreezeTimeoutSeconds=unfreeze_timeout_s),
+            timeout=timeout)
+        return resp
+
+    def exec(self, command: str, *args: str, timeout_s: int = 10) -> cmd_pb2.ExecResponse:
+        resp: cmd_pb2.ExecResponse = self.stub.Exec(cmd_pb2.ExecRequest(
+            domainName=f"{self.inst.namespace}_{self.inst.name}", Command=command,
+            Args=list(args), timeoutSeconds=timeout_s), timeout=timeout_s + 10)
+        return resp
+
+    def timed(self, fn: Callable[[], Any], n: int = 30) -> list[float]:
+        out = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            fn()
+            out.append((time.perf_counter() - t0) * 1000)
+        return out

@@ -203,6 +203,7 @@ def test_sync_into_a_full_ephemeral_disk_dir_then_a_guest_writing_into_a_full_ov
     assert log.count("started the launcher") == 1
     assert log.count("launcher running") == 1
     print(qemu_img_check(eph / OVERLAY).strip())
+    cmd.channel.close()
     receiver.stop()
     wait_for(lambda: not inst.leftovers(), 10, what="no processes left")
 

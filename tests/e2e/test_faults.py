@@ -128,14 +128,15 @@ class Run:
                 # little before the Exec returned: start the freeze just ahead of it
                 time.sleep(EXEC_SETTLE_S - 0.1)
                 self.delay_s = 0.0
-            self.freeze_call = Background(lambda: self.cmd.freeze(UNFREEZE_TIMEOUT_S)).start()
+            self.freeze_call = Background(
+                lambda: self.cmd.freeze(UNFREEZE_TIMEOUT_S, timeout=90)).start()
         elif moment == "frozen":
             self.wait_agent_ready()
-            resp = self.cmd.freeze(UNFREEZE_TIMEOUT_S)
+            resp = self.cmd.freeze(UNFREEZE_TIMEOUT_S, timeout=90)
             if not resp.success and "not responding" in resp.message:
                 # as for Exec (exec_retrying): set-up, not the fault under test; once more
                 self.notes["agent_unresponsive_before_fault"] = resp.message[:120]
-                resp = self.cmd.freeze(UNFREEZE_TIMEOUT_S)
+                resp = self.cmd.freeze(UNFREEZE_TIMEOUT_S, timeout=90)
             assert resp.success, resp.message
             assert agent_fsfreeze_status(self.inst) == "frozen"
             self.notes["frozen_before_fault"] = True
@@ -389,4 +390,5 @@ def test_fault(case: Case, make_instance: Callable[..., Instance],
                   + console.read_text(errors="replace")[-6000:])
         raise
     finally:
+        run.cmd.channel.close()
         print("FAULT-RESULT " + run.report())
