@@ -93,10 +93,6 @@ SCREENSHOT_MAX_BYTES = MAX_MESSAGE_BYTES - 64 * 1024  # room for the rest of the
 
 _ALIVE = (State.RUNNING, State.BLOCKED, State.PAUSED, State.SHUTDOWN, State.PMSUSPENDED)
 _RUNNING = (State.RUNNING, State.BLOCKED)
-# Paused for a reason that is not a fault: an agent that cannot answer is expected
-# (KubeVirt's isPausedButHealthy).
-_HEALTHY_PAUSE = frozenset({"User", "Migration", "Save", "Dump", "FromSnapshot",
-                            "ShuttingDown", "Snapshot", "StartingUp", "Postcopy"})
 
 
 def _with_flags(fn: Callable[[int], T], preferred: int, fallback: int) -> T:
@@ -193,8 +189,10 @@ def device_aliases(domain_xml: str) -> dict[str, str]:
 
 
 def domain_stats_json(*, name: str, uuid: str, stats: dict[str, Any],
-                      aliases: dict[str, str], load: Any) -> dict[str, Any]:
-    """stats.DomainStats from libvirt's bulk stats (virDomainListGetStats typed params)."""
+                      aliases: dict[str, str], load: Any,
+                      cpu_map: Any = None) -> dict[str, Any]:
+    """stats.DomainStats from libvirt's bulk stats (virDomainListGetStats typed params) and
+    the vCPU pinning map (virDomainGetVcpuPinInfo: one row of host CPUs per vCPU)."""
     cpu: dict[str, Any] = {}
     for key, field in (("cpu.time", "Time"), ("cpu.user", "User"), ("cpu.system", "System")):
         _set(cpu, stats, key, field)
@@ -263,7 +261,9 @@ def domain_stats_json(*, name: str, uuid: str, stats: dict[str, Any],
     return {
         "Name": name, "UUID": uuid, "Cpu": cpu, "Memory": memory,
         "MigrateDomainJobInfo": None, "Vcpu": vcpus, "Net": nets, "Block": blocks,
-        "CPUMapSet": False, "CPUMap": None, "DirtyRate": dirty_rate, "Load": load_stats,
+        "CPUMapSet": cpu_map is not None,
+        "CPUMap": None if cpu_map is None else [[bool(b) for b in row] for row in cpu_map],
+        "DirtyRate": dirty_rate, "Load": load_stats,
     }
 
 
@@ -544,8 +544,15 @@ class Commands:
             await self._on_domain(lambda dom: _with_flags(dom.shutdownFlags, flag, 0),
                                   agent=use_agent)
             self._log.info("asked the guest to shut down", via="agent" if use_agent else "acpi")
+            # virt-handler counts its grace period from this (KubeVirt's SignalShutdownVMI).
+            self.relay.graceful_shutdown_signalled()
 
     async def _kill(self, vmi: VMI, request: Any) -> None:
+        await self.kill_domain()
+
+    async def kill_domain(self) -> None:
+        """Destroy (graceful flag) a running, paused or shutting-down domain; anything else
+        is nothing to do (KubeVirt's KillVMI). Also the launcher's own last resort."""
         async with self._modify:
             read = await self.relay.read()
             if read is None or read.state not in (State.RUNNING, State.PAUSED,
@@ -561,6 +568,11 @@ class Commands:
             self._log.info("destroyed the domain")
 
     async def _delete(self, vmi: VMI, request: Any) -> None:
+        await self.delete_domain()
+
+    async def delete_domain(self) -> None:
+        """Undefine, keeping NVRAM (KubeVirt's DeleteVMI); a domain already gone is done.
+        Also what the launcher does itself at the end of a STANDALONE_VMI."""
         flags = (libvirt.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM
                  | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA)
 
@@ -738,15 +750,17 @@ class Commands:
                  | libvirt.VIR_DOMAIN_STATS_INTERFACE | libvirt.VIR_DOMAIN_STATS_BLOCK
                  | libvirt.VIR_DOMAIN_STATS_DIRTYRATE)
 
-        def collect(dom: Any) -> tuple[str, str, dict[str, Any]]:
+        def collect(dom: Any) -> tuple[str, str, dict[str, Any], Any]:
             records = _with_flags(
                 lambda flags: self.conn.conn.domainListGetStats([dom], types, flags),
                 libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT, 0)
             stats = records[0][1] if records else {}
-            return dom.name(), dom.UUIDString(), stats
+            # The vCPU -> host CPU map, as KubeVirt's GetVcpuPinInfo (CPUMap).
+            cpu_map = dom.vcpuPinInfo(libvirt.VIR_DOMAIN_AFFECT_CURRENT)
+            return dom.name(), dom.UUIDString(), stats, cpu_map
 
         try:
-            name, uuid, stats = await self._on_domain(collect)
+            name, uuid, stats, cpu_map = await self._on_domain(collect)
         except libvirt.libvirtError as exc:
             if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                 return ""
@@ -754,7 +768,7 @@ class Commands:
         load = self.agent.get(guest_info.LOAD)
         doc = domain_stats_json(name=name, uuid=uuid, stats=stats,
                                 aliases=device_aliases(read.xml),
-                                load=None if load is None else load.value)
+                                load=None if load is None else load.value, cpu_map=cpu_map)
         return _compact(doc)
 
     async def _get_guest_info(self) -> Any:
@@ -854,7 +868,8 @@ class Commands:
                             f"the guest agent did not answer within {timeout_s}s") from None
 
     async def _agent_rpc(self, rpc: str, context: grpc.aio.ServicerContext,
-                         body: Callable[[], Awaitable[Any]]) -> Any:
+                         body: Callable[[], Awaitable[Any]],
+                         on_failure: Callable[[], None] | None = None) -> Any:
         try:
             return await body()
         except RpcStatus as exc:
@@ -864,6 +879,8 @@ class Commands:
         except ConnectionError as exc:
             problem = (grpc.StatusCode.UNAVAILABLE, f"{rpc}: {exc}")
         self._log.info("agent rpc failed", rpc=rpc, code=problem[0].name, error=problem[1])
+        if on_failure is not None:
+            on_failure()
         await context.abort(*problem)
 
     async def _agent_domain(self, rpc: str) -> DomainRead:
@@ -946,14 +963,15 @@ class Commands:
         return code, out.decode("utf-8", errors="replace")
 
     async def _guest_ping(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """As KubeVirt's: the agent command goes to libvirt whatever the domain's state, so
+        a paused (or shut-off) domain fails with libvirt's own error ("domain is not
+        running"): the guest-agent readiness probe and virt-probe rely on failing there.
+        Every failure also raises a Warning K8s event GuestAgentPingFailed."""
         async def body() -> Any:
             self._check_domain_name("GuestPing", request.domainName)
             read = await self._agent_domain("GuestPing")
             status, reason = status_and_reason(read.state, read.reason)
-            if read.state == State.PAUSED and reason in _HEALTHY_PAUSE:
-                # KubeVirt: a healthy paused VM's silent agent is expected, not a failure.
-                return _ok("GuestPing")
-            if read.state not in _RUNNING:
+            if read.state not in _ALIVE:
                 raise RpcStatus(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"GuestPing: domain {self.domain} is {status} ({reason})")
             # Beyond KubeVirt: the request's timeout is honoured (KubeVirt uses libvirt's
@@ -962,4 +980,8 @@ class Commands:
             await self._agent_command('{"execute":"guest-ping"}', int(timeout))
             return _ok("GuestPing")
 
-        return await self._agent_rpc("GuestPing", context, body)
+        def failed() -> None:
+            self.relay.k8s_warning("GuestAgentPingFailed",
+                                   f"GuestAgentPing probe failed for VMI {self.opts.name}")
+
+        return await self._agent_rpc("GuestPing", context, body, on_failure=failed)

@@ -54,9 +54,18 @@ DISK: Schema = [
     ("Driver", ELEM, "driver", [("Cache", ATTR, "cache", None),
                                 ("ErrorPolicy", ATTR, "error_policy", None),
                                 ("IO", ATTR, "io", None), ("Name", ATTR, "name", None),
-                                ("Type", ATTR, "type", None)]),
+                                ("Type", ATTR, "type", None),
+                                ("IOThread", ATTR_INT, "iothread", None),
+                                ("Queues", ATTR_INT, "queues", None),
+                                ("Discard", ATTR, "discard", None)]),
     ("ReadOnly", PRESENT, "readonly", None),
     ("Alias", ALIAS, "alias", None),
+    # The containerDisk's image under its overlay (libvirt fills it in at start).
+    ("BackingStore", ELEM, "backingStore", [
+        ("Type", ATTR, "type", None),
+        ("Format", ELEM, "format", [("Type", ATTR, "type", None)]),
+        ("Source", ELEM, "source", [("Dev", ATTR, "dev", None), ("File", ATTR, "file", None),
+                                    ("Name", ATTR, "name", None)])]),
     ("BootOrder", ELEM, "boot", BOOT_ORDER),
     ("Address", ELEM, "address", ADDRESS),
     ("Model", ATTR, "model", None),
@@ -123,6 +132,14 @@ OS: Schema = [
     ("Initrd", CHILD_TEXT, "initrd", None),
     ("KernelArgs", CHILD_TEXT, "cmdline", None),
 ]
+ENTRY: Schema = [("Name", ATTR, "name", None), ("Value", TEXT, "", None)]
+SYSINFO: Schema = [
+    ("Type", ATTR, "type", None),
+    ("System", ELEMS, "system/entry", ENTRY),
+    ("BIOS", ELEMS, "bios/entry", ENTRY),
+    ("BaseBoard", ELEMS, "baseBoard/entry", ENTRY),
+    ("Chassis", ELEMS, "chassis/entry", ENTRY),
+]
 SPEC: Schema = [
     ("Type", ATTR, "type", None),
     ("Name", CHILD_TEXT, "name", None),
@@ -130,6 +147,7 @@ SPEC: Schema = [
     ("Memory", ELEM, "memory", MEMORY),
     ("CurrentMemory", ELEM, "currentMemory", MEMORY),
     ("OS", ELEM, "os", OS),
+    ("SysInfo", ELEM, "sysinfo", SYSINFO),
     ("Devices", ELEM, "devices", DEVICES),
     ("Features", ELEM, "features", [("ACPI", PRESENT, "acpi", None),
                                     ("APIC", PRESENT, "apic", None),
@@ -143,6 +161,7 @@ SPEC: Schema = [
                             ("CPUs", TEXT_INT, "", None)]),
     ("Clock", ELEM, "clock", [("Offset", ATTR, "offset", None),
                               ("Timezone", ATTR, "timezone", None)]),
+    ("OnReboot", CHILD_TEXT, "on_reboot", None),
 ]
 
 USER_ALIAS_PREFIX = "ua-"

@@ -94,6 +94,15 @@ def lifecycle_name(event: int, detail: int) -> str:
 
 STARTED_MIGRATED = 1
 DEFINED_ADDED = 0
+STOPPED_MIGRATED = 3
+
+
+def stopped_reason(detail: int | None) -> str:
+    """KubeVirt's Shutoff reason for a STOPPED event's detail (virDomainEventStoppedDetailType
+    is the shutoff reason minus one: SHUTDOWN 0 -> Shutdown 1, ..., FROM_SNAPSHOT 6 -> 7)."""
+    if detail is None or detail < 0:
+        return "Unknown"
+    return _SHUTOFF_REASONS.get(detail + 1, "Unknown")
 
 
 def event_type_for(event: int | None, detail: int | None) -> str:

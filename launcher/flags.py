@@ -27,7 +27,7 @@ BOOL_FLAGS = (
     "keep-after-failure",
 )
 # Flags only the monitor understands; it strips them before starting the launcher.
-MONITOR_ONLY_FLAGS = ("keep-after-failure", "launcher-binary")
+MONITOR_ONLY_FLAGS = ("keep-after-failure", "launcher-binary", "launcher-stop-timeout")
 
 
 class Options(NamedTuple):
@@ -61,6 +61,7 @@ class Options(NamedTuple):
     libvirt_daemon: str
     virtlogd: str
     launcher_binary: str
+    launcher_stop_timeout_s: float | None  # None: derived from launcher.shutdown_budget
 
     @property
     def domain_name(self) -> str:
@@ -173,6 +174,10 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     a("--virtlogd", default="/usr/sbin/virtlogd", metavar="PATH", help="virtlogd binary")
     a("--launcher-binary", default="", metavar="PATH",
       help="(monitor) the virt-launcher to start (default: beside the monitor, else PATH)")
+    a("--launcher-stop-timeout", type=_duration, default=None, metavar="DURATION",
+      help="(monitor) how long the launcher may take to exit after a forwarded signal "
+           "before it is SIGKILLed (default: the grace period plus every deadline the "
+           "launcher keeps after it)")
     return p
 
 
@@ -254,6 +259,7 @@ def parse(argv: Sequence[str], prog: str = "virt-launcher",
         libvirt_daemon=ns.libvirt_daemon or default_libvirt_daemon(),
         virtlogd=ns.virtlogd,
         launcher_binary=ns.launcher_binary,
+        launcher_stop_timeout_s=ns.launcher_stop_timeout,
     )
 
 

@@ -7,9 +7,13 @@ name/namespace and unfreezeTimeoutSeconds) or Unfreeze. A freeze failing because
 is unavailable is followed by a best-effort unfreeze, as KubeVirt does.
 
 Beyond KubeVirt: --socket, --runtime-root, --timeout, --status (the fsfreeze status as
-JSON), specific messages on every failure and no tracebacks for expected errors. Output is
-plain lines for humans and hook logs: progress on stdout, errors on stderr; with --status
-stdout carries only the JSON.
+JSON), specific messages on every failure and no tracebacks for expected errors.
+
+Output as KubeVirt's: one JSON log line per message on stderr ({"timestamp", "level",
+"component": "virt-freezer", "msg", and "reason" for the error behind a failure}); stdout
+carries only --status's JSON. Exit codes as KubeVirt's: flags that do not parse (an unknown
+flag, a bad value) exit 2 as pflag does; flags that parse but do not make sense (no action,
+no --name/--namespace) exit 1, as KubeVirt's parseFlags does, like every other failure.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import grpc
@@ -46,9 +51,10 @@ EPILOG = f"""\
 exit codes:
   {EXIT_OK}  success; also when there is nothing to do: no guest agent, or the domain
      does not exist or is not running (as KubeVirt's virt-freezer)
-  {EXIT_ERROR}  error: the launcher socket is missing or not answering, an rpc failed, or
-     the launcher refused the operation (the reason is printed on stderr)
-  {EXIT_USAGE}  usage error: unknown flag, missing --name/--namespace, no or several actions
+  {EXIT_ERROR}  error: no or several actions, missing --name/--namespace, the launcher
+     socket missing or not answering, an rpc failed, or the launcher refused the
+     operation (the reason is logged on stderr)
+  {EXIT_USAGE}  a flag that does not parse: unknown flag, bad value (as pflag)
 
 deadlines (override all with --timeout): connect {CONNECT_TIMEOUT_S:g}s, queries \
 {SHORT_TIMEOUT_S:g}s,
@@ -61,8 +67,23 @@ KubeVirt's /var/run/kubevirt/sockets/launcher-sock, i.e. /run/kubevirt/sockets/.
 """
 
 
+COMPONENT = "virt-freezer"
+
+
 class UsageError(Exception):
-    pass
+    """Flags that do not parse (exit 2, as pflag)."""
+
+
+class FlagsInvalid(Exception):
+    """Flags that parse but make no sense (exit 1, as KubeVirt's parseFlags)."""
+
+
+def log_line(stream: TextIO, level: str, msg: str, **fields: Any) -> None:
+    """One JSON log line, in the launcher's format (launcher.logs)."""
+    record = {"timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+              "level": level, "component": COMPONENT, "msg": msg, **fields}
+    stream.write(json.dumps(record) + "\n")
+    stream.flush()
 
 
 class _Parser(argparse.ArgumentParser):
@@ -94,13 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="virt-freezer", allow_abbrev=False,
                 description="Freeze or thaw a VMI's guest filesystems (py-virt-launcher).",
                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    action = p.add_mutually_exclusive_group(required=True)
-    action.add_argument("--freeze", action="store_true", help="freeze the guest filesystems")
-    action.add_argument("--unfreeze", action="store_true", help="thaw the guest filesystems")
-    action.add_argument("--status", action="store_true",
-                        help='print the fsfreeze status as JSON: {"fsFreezeStatus": ...}')
-    p.add_argument("--name", required=True, help="name of the VirtualMachineInstance")
-    p.add_argument("--namespace", required=True, help="namespace of the VirtualMachineInstance")
+    # Actions and names are checked after parsing (FlagsInvalid: exit 1, as KubeVirt).
+    p.add_argument("--freeze", action="store_true", help="freeze the guest filesystems")
+    p.add_argument("--unfreeze", action="store_true", help="thaw the guest filesystems")
+    p.add_argument("--status", action="store_true",
+                   help='print the fsfreeze status as JSON: {"fsFreezeStatus": ...}')
+    p.add_argument("--name", default="", help="name of the VirtualMachineInstance")
+    p.add_argument("--namespace", default="", help="namespace of the VirtualMachineInstance")
     p.add_argument("--unfreezeTimeoutSeconds", type=_non_negative_int,
                    default=DEFAULT_UNFREEZE_AFTER_S, metavar="N",
                    help="thaw automatically after N seconds; 0 disables "
@@ -132,8 +153,15 @@ def normalize_bools(argv: Sequence[str]) -> list[str]:
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     args = build_parser().parse_args(normalize_bools(argv))
+    actions = [f"--{a}" for a in ("freeze", "unfreeze", "status") if getattr(args, a)]
+    if not actions:
+        raise FlagsInvalid("either --freeze or --unfreeze must be set")
+    if len(actions) > 1:
+        # KubeVirt would freeze; a hook asking for both has a bug worth seeing.
+        raise FlagsInvalid(f"only one of --freeze, --unfreeze, --status may be set, got "
+                           f"{' '.join(actions)}")
     if not args.name or not args.namespace:
-        raise UsageError("both --name and --namespace must be provided")
+        raise FlagsInvalid("both --name and --namespace must be provided")
     return args
 
 
@@ -144,12 +172,17 @@ def default_socket(runtime_root: str | None, environ: dict[str, str] | None = No
     try:
         opts = flags.parse(["--runtime-root", root], prog="virt-freezer", environ={})
     except flags.FlagError as exc:
-        raise UsageError(str(exc)) from None
+        raise FlagsInvalid(str(exc)) from None
     return paths.derive(opts).cmd_socket
 
 
 class Failed(Exception):
-    """An expected failure: the message is printed, the exit code is 1."""
+    """An expected failure: logged (KubeVirt's summary as msg, the detail as reason),
+    the exit code is 1."""
+
+    def __init__(self, reason: str, summary: str = "Operation failed") -> None:
+        super().__init__(reason)
+        self.summary = summary
 
 
 def _call(what: str, method: Callable[..., Any], request: Any, timeout: float) -> Any:
@@ -172,8 +205,9 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO,
         environ: dict[str, str] | None = None) -> int:
     socket_path = args.socket or default_socket(args.runtime_root, environ)
     if not os.path.exists(socket_path):
-        print(f"launcher socket {socket_path} does not exist (is the launcher running and "
-              "ready? see --socket / --runtime-root)", file=err, flush=True)
+        log_line(err, "error", "Failed to connect launcher",
+                 reason=f"launcher socket {socket_path} does not exist (is the launcher "
+                        "running and ready? see --socket / --runtime-root)")
         return EXIT_ERROR
     try:
         with grpc.insecure_channel(f"unix:{socket_path}") as channel:
@@ -181,7 +215,7 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO,
             session.connect(socket_path)
             return session.flow()
     except Failed as exc:
-        print(str(exc), file=err, flush=True)
+        log_line(err, "error", exc.summary, reason=str(exc))
         return EXIT_ERROR
 
 
@@ -197,8 +231,8 @@ class _Session:
             {"metadata": {"name": args.name, "namespace": args.namespace}}).encode())
 
     def say(self, line: str) -> None:
-        # With --status stdout is for the JSON only.
-        print(line, file=self.err if self.args.status else self.out, flush=True)
+        # stdout is for --status's JSON only.
+        log_line(self.err, "info", line)
 
     def deadline(self, default: float) -> float:
         return float(self.args.timeout) if self.args.timeout is not None else default
@@ -247,8 +281,9 @@ class _Session:
         version = guest.get("guestAgentVersion") or ""
         if self.args.status:
             # The launcher's agent cache (refreshed every few seconds), not a live query.
-            print(json.dumps({"fsFreezeStatus": guest.get("fsFreezeStatus") or ""}),
-                  file=self.out, flush=True)
+            self.out.write(json.dumps({"fsFreezeStatus": guest.get("fsFreezeStatus") or ""})
+                           + "\n")
+            self.out.flush()
             if not version:
                 self.say("No guest agent")
             return EXIT_OK
@@ -288,14 +323,15 @@ class _Session:
             hint = ("make sure the guest agent and VSS are running and try again"
                     if "windows" in str(os_name).lower()
                     else "make sure the guest agent is running and try again")
-            raise Failed(f"Freezing VMI failed: {answer.message}; {hint}")
-        raise Failed(f"Freezing VMI failed: {answer.message}")
+            raise Failed(f"Freezing VMI failed: {answer.message}; {hint}",
+                         f"Freezing VMI failed, please {hint}")
+        raise Failed(f"Freezing VMI failed: {answer.message}", "Freezing VMI failed")
 
     def unfreeze(self) -> None:
         answer = _call("Unfreeze", self.stub.UnfreezeVirtualMachine,
                        cmd_pb2.VMIRequest(vmi=self.vmi), self.deadline(UNFREEZE_TIMEOUT_S))
         if not answer.success:
-            raise Failed(f"Unfreezing VMI failed: {answer.message}")
+            raise Failed(f"Unfreezing VMI failed: {answer.message}", "Unfreezing VMI failed")
 
 
 def cli(argv: Sequence[str], out: TextIO | None = None, err: TextIO | None = None,
@@ -305,14 +341,19 @@ def cli(argv: Sequence[str], out: TextIO | None = None, err: TextIO | None = Non
     try:
         args = parse_args(argv)
     except UsageError as exc:
+        # pflag's behaviour: usage on stderr, exit 2.
         build_parser().print_usage(err)
-        print(f"virt-freezer: error: {exc} (see --help)", file=err, flush=True)
+        err.write(f"virt-freezer: error: {exc} (see --help)\n")
+        err.flush()
         return EXIT_USAGE
+    except FlagsInvalid as exc:
+        log_line(err, "error", "Failed to parse flags", reason=str(exc))
+        return EXIT_ERROR
     try:
         return run(args, out, err, environ)
-    except UsageError as exc:  # a bad runtime root, found while deriving the socket
-        print(f"virt-freezer: error: {exc}", file=err, flush=True)
-        return EXIT_USAGE
+    except FlagsInvalid as exc:  # a bad runtime root, found while deriving the socket
+        log_line(err, "error", "Failed to parse flags", reason=str(exc))
+        return EXIT_ERROR
 
 
 def main() -> None:

@@ -37,7 +37,8 @@ from launcher._proto.kubevirt.notify.v1 import notify_pb2, notify_pb2_grpc
 from launcher.paths import MAX_SOCKET_PATH  # grpc's own error for a longer path is vague
 
 EventType = Literal["ADDED", "MODIFIED", "DELETED", "ERROR"]
-SnapshotBuilder = Callable[[], Awaitable[tuple[EventType, bytes]]]  # -> (eventType, domainJSON)
+# -> (eventType, domainJSON), or None when, once built, there is nothing new to say
+SnapshotBuilder = Callable[[], Awaitable[tuple[EventType, bytes] | None]]
 
 NOTIFY_VERSION = 1
 EVENT_TYPES: frozenset[str] = frozenset(get_args(EventType))
@@ -103,6 +104,10 @@ class PendingSnapshots:
             return True
         self._by_key[key] = PendingSnapshot(key, build, stamp)
         return False
+
+    def discard(self, key: str) -> bool:
+        """Drop the queued (not in-flight) submission for `key`; True if there was one."""
+        return self._by_key.pop(key, None) is not None
 
     def head_since(self) -> int | None:
         for snap in self._by_key.values():
@@ -189,12 +194,14 @@ class _Outcome(enum.Enum):
     SENT = "sent"
     REJECTED = "rejected"  # answered, but not accepted: the receiver is alive, move on
     TRANSIENT = "transient"  # retry with backoff, on a new connection
-    SKIPPED = "skipped"  # the builder failed; nothing was sent
+    SKIPPED = "skipped"  # the builder failed or had nothing new; nothing was sent
 
 
-def _checked(built: tuple[EventType, bytes]) -> tuple[EventType, bytes]:
+def _checked(built: tuple[EventType, bytes] | None) -> tuple[EventType, bytes] | None:
     # Builders are typed, but a wrong value here would become a grpc serialization error
     # (or a bogus eventType at virt-handler); name the culprit instead.
+    if built is None:
+        return None
     event_type, domain_json = built
     if event_type not in EVENT_TYPES or not isinstance(domain_json, bytes):
         raise TypeError(f"snapshot builder returned ({event_type!r}, "
@@ -258,6 +265,12 @@ class Notifier:
         if self._domains.submit(key, build, self._stamp):
             self._stats.domain_coalesced += 1
         self._work_arrived()
+
+    def discard_domain(self, key: str) -> None:
+        """Forget the snapshot queued for `key` (a newer submission under another key
+        supersedes it); one already in flight is not affected."""
+        if self._domains.discard(key):
+            self._stats.domain_coalesced += 1
 
     def submit_k8s_event(self, event: dict[str, Any]) -> None:
         # Serialized now: the caller may reuse or mutate the dict after handing it over,
@@ -380,13 +393,16 @@ class Notifier:
 
     async def _send_domain(self, snap: PendingSnapshot) -> _Outcome:
         try:
-            event_type, domain_json = _checked(await snap.build())
+            built = _checked(await snap.build())
         except Exception:  # noqa: BLE001 - logged with traceback below
             # The builder re-reads libvirt and may fail for reasons of its own; that costs
             # this snapshot (the next event re-reads anyway), never the sender.
             self._log.exception("building the domain snapshot failed", key=snap.key)
             self._stats.build_errors += 1
             return _Outcome.SKIPPED
+        if built is None:
+            return _Outcome.SKIPPED  # the builder found nothing new to say
+        event_type, domain_json = built
         if self._notify is None:
             return _Outcome.TRANSIENT  # disconnected while building (close())
         request = notify_pb2.DomainEventRequest(domainJSON=domain_json, eventType=event_type)

@@ -5,9 +5,14 @@ with deadlines.
   with STANDALONE_VMI the launcher syncs it first: a signal meanwhile waits for the sync,
   then takes the graceful path, so a QEMU just started is shut down, not left to the
   monitor's kill)
-  WAITING --QEMU pid found--> RUNNING --QEMU exits--> FINAL_NOTIFY --> STOPPING --> STOPPED
-  any signal: WAITING/STARTING --> STOPPING;  RUNNING --> GRACEFUL --grace expires or a
-  second signal--> FORCED (destroy; SIGTERM/SIGKILL of QEMU if destroy fails) --> FINAL_NOTIFY
+  WAITING --QEMU pid found--> RUNNING --QEMU exits--> FINAL_NOTIFY --> AWAITING_DELETE
+  --domain deleted (or deadline)--> STOPPING --> STOPPED
+  any signal: WAITING/STARTING --> STOPPING;  RUNNING --> GRACEFUL (the domain is marked for
+  graceful shutdown for virt-handler, and the guest asked to power off) --grace expires or
+  a second signal--> FORCED (destroy; SIGTERM/SIGKILL of QEMU if destroy fails) -->
+  FINAL_NOTIFY
+Every deadline after the grace period comes from launcher.shutdown_budget, which the monitor
+allows for as a whole.
 """
 
 from __future__ import annotations
@@ -40,6 +45,18 @@ from launcher.libvirt_conn import Connection, LibvirtUnreachable
 from launcher.notifier import Notifier
 from launcher.paths import Paths
 from launcher.relay import ALIVE_STATES, DomainRelay
+from launcher.shutdown_budget import (
+    CMD_SERVER_STOP_S,
+    DAEMON_STOP_DEADLINE_S,
+    DELETE_WAIT_AFTER_KILL_S,
+    DELETE_WAIT_S,
+    DESTROY_TIMEOUT_S,
+    FINAL_NOTIFY_TIMEOUT_S,
+    LIBVIRT_CATCH_UP_S,
+    QEMU_SIGNAL_WAIT_S,
+    STANDALONE_DELETE_WAIT_S,
+    STANDALONE_UNDEFINE_S,
+)
 from launcher.sync import (
     STANDALONE_ENV,
     StandaloneError,
@@ -50,14 +67,9 @@ from launcher.sync import (
 )
 
 SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP)
-# Every daemon goes through the ladder (5 s TERM + 2 s KILL); two daemons, plus margin.
-DAEMON_STOP_DEADLINE_S = 20.0
 DOMAIN_POLL_S = 1.0  # besides every libvirt event
 ACPI_RESEND_S = 5.0  # a power-button press during early boot is lost; press again
-DESTROY_TIMEOUT_S = 15.0
-QEMU_SIGNAL_WAIT_S = 5.0
-LIBVIRT_CATCH_UP_S = 5.0  # after QEMU exits, for libvirt to report the final state
-FINAL_NOTIFY_TIMEOUT_S = 10.0
+GONE_POLL_S = 0.5  # while waiting for the domain's deletion, besides every event
 QEMU_LOG_TAIL = 10
 # After the STANDALONE_VMI sync started QEMU, how long to wait for its pid even when a
 # signal came meanwhile (libvirt writes the pid file before create returns).
@@ -106,6 +118,7 @@ class State(enum.Enum):
     GRACEFUL = "graceful-shutdown"
     FORCED = "forced-shutdown"
     FINAL_NOTIFY = "final-notify"
+    AWAITING_DELETE = "awaiting-delete"
     STOPPING = "stopping"
     STOPPED = "stopped"
 
@@ -150,7 +163,8 @@ class Launcher:
         self.notifier = Notifier(paths.notify_socket)
         self.relay = DomainRelay(conn=self.conn, notifier=self.notifier,
                                  domain=opts.domain_name, name=opts.name,
-                                 namespace=opts.namespace, uid=opts.uid)
+                                 namespace=opts.namespace, uid=opts.uid,
+                                 grace_period_s=opts.grace_period_seconds)
         self.relay.listeners.append(self._on_domain_event)
         self.conn.on_reconnect(self.relay.attach)
         self.agent_cache = AgentCache()
@@ -396,7 +410,7 @@ class Launcher:
         if read is not None and "state='connected'" in read.xml and not self.agent.active:
             channels = guest_info_channels(read.xml)
             if channels.get(AGENT_CHANNEL) == "connected":
-                self.relay.agent_connected = True
+                self.relay.adopt_agent_connected()
                 self.agent.start()
 
     # --- shutting the guest down ----------------------------------------------------------
@@ -406,7 +420,10 @@ class Launcher:
 
     async def _shutdown_guest(self, pid: int, exited: asyncio.Task[None]) -> None:
         loop = asyncio.get_running_loop()
-        self.relay.mark_deleting()
+        # virt-handler reacts to the mark (Shutdown now, Kill after the grace period); our
+        # own ACPI press below is what stops the guest when there is no virt-handler
+        # (STANDALONE_VMI). Both press the same button, so neither gets in the other's way.
+        self.relay.mark_for_graceful_shutdown()
         grace = float(self.opts.grace_period_seconds)
         self.state = State.GRACEFUL
         self._log.info("graceful shutdown", signals=[s.name for s in self.signals],
@@ -454,6 +471,7 @@ class Launcher:
         try:
             await self.conn.call(shutdown)
             self._log.info("asked the guest to shut down", via="agent" if use_agent else "acpi")
+            self.relay.graceful_shutdown_signalled()
         except (libvirt.libvirtError, AttributeError) as exc:
             self._log.warning("graceful shutdown request failed", error=str(exc))
 
@@ -494,8 +512,7 @@ class Launcher:
         self.state = State.FINAL_NOTIFY
         # Noticed through the pidfd, typically before libvirt: report it now, with what we
         # know, then again once libvirt has caught up.
-        self.relay.qemu_exit_reason = reason
-        self.relay.resync()
+        self.relay.qemu_exited(reason)
         self._log.info("QEMU exited", pid=self.qemu_pid, reason=reason)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + LIBVIRT_CATCH_UP_S
@@ -510,9 +527,65 @@ class Launcher:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(min(0.5, max(0.0, deadline - loop.time()))):
                     await changed.wait()
-        self.relay.qemu_exit_reason = None  # libvirt's own word from here on
-        self.relay.mark_deleting()
-        self.relay.resync()
+        self.relay.libvirt_caught_up()  # libvirt's own word from here on
+        await self._await_deletion()
+
+    # --- until the domain is deleted ----------------------------------------------------
+    async def _await_deletion(self) -> None:
+        """Stay until the domain is deleted, as KubeVirt's launcher does: virt-handler sees
+        the final state (Shutoff with its reason: the VMI's phase) and then deletes the
+        domain (DeleteVirtualMachine), which must find this launcher still serving. Only
+        that deletion sends deletionTimestamp (launcher.relay)."""
+        self.state = State.AWAITING_DELETE
+        if self.standalone is not None:
+            # No virt-handler: a stand-in may still send Delete; otherwise undefine it
+            # ourselves, so the event flow ends the same way.
+            if await self._wait_gone(STANDALONE_DELETE_WAIT_S):
+                return
+            self._log.info("no Delete came (STANDALONE_VMI: no virt-handler); deleting "
+                           "the domain", waited_s=STANDALONE_DELETE_WAIT_S)
+            try:
+                await self.commands.delete_domain()
+            except (libvirt.libvirtError, ConnectionError) as exc:
+                self._log.warning("deleting the domain failed", error=str(exc))
+            if not await self._wait_gone(STANDALONE_UNDEFINE_S):
+                self._log.warning("the domain is still defined; exiting anyway",
+                                  waited_s=STANDALONE_UNDEFINE_S)
+            return
+        self._log.info("waiting for the domain to be deleted", timeout_s=DELETE_WAIT_S)
+        if await self._wait_gone(DELETE_WAIT_S):
+            return
+        # KubeVirt's waitForFinalNotify: kill whatever is left of the domain, wait again.
+        self._log.warning("the domain was not deleted in time; killing what is left of it",
+                          waited_s=DELETE_WAIT_S)
+        try:
+            async with asyncio.timeout(DESTROY_TIMEOUT_S):
+                await self.commands.kill_domain()
+        except (libvirt.libvirtError, ConnectionError, TimeoutError) as exc:
+            self._log.warning("kill failed", error=str(exc))
+        if not await self._wait_gone(DELETE_WAIT_AFTER_KILL_S):
+            self._log.warning("the domain was not deleted; exiting anyway (virt-handler "
+                              "learns of it from the closed command socket)",
+                              waited_s=DELETE_WAIT_S + DELETE_WAIT_AFTER_KILL_S)
+
+    async def _wait_gone(self, timeout_s: float) -> bool:
+        """True once libvirt no longer knows the domain (within `timeout_s`)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            changed = self.relay.changed
+            try:
+                if await self.relay.read() is None:
+                    self._log.info("domain deleted")
+                    return True
+            except (ConnectionError, libvirt.libvirtError) as exc:
+                self._log.debug("domain not readable", error=str(exc))
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(GONE_POLL_S, remaining)):
+                    await changed.wait()
 
     async def _teardown(self, notifier_task: asyncio.Task[None] | None) -> None:
         self.state = State.STOPPING
@@ -525,7 +598,7 @@ class Launcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await notifier_task
             await self.notifier.close()
-        await self.cmd_server.stop()
+        await self.cmd_server.stop(CMD_SERVER_STOP_S)
         # After the server: a late rpc must not start work these no longer own.
         await self.commands.close()
         await self.freeze.close()

@@ -163,9 +163,17 @@ def pod_cpus() -> tuple[int, ...]:
     return tuple(sorted(os.sched_getaffinity(0)))
 
 
+def tcg_cpu_modes(domcapabilities_xml: str) -> frozenset[str]:
+    """The CPU modes libvirt's domain capabilities (for virttype 'qemu') mark supported."""
+    root = ET.fromstring(domcapabilities_xml)
+    return frozenset(mode.get("name", "") for mode in root.iterfind("cpu/mode")
+                     if mode.get("supported") == "yes")
+
+
 def options_from_request(options: Any | None, *, opts: Options, paths: Paths,
                          emulation: bool, arch: str | None = None,
-                         dedicated_cpus: tuple[int, ...] = ()) -> ConvertOptions:
+                         dedicated_cpus: tuple[int, ...] = (),
+                         tcg_modes: frozenset[str] | None = None) -> ConvertOptions:
     """ConvertOptions from virt-handler's VirtualMachineOptions (None: not sent, e.g.
     STANDALONE_VMI) and the launcher's flags and paths.
 
@@ -187,6 +195,8 @@ def options_from_request(options: Any | None, *, opts: Options, paths: Paths,
         "hotplug_disk_dir": paths.hotplug_disk_dir,
         "dedicated_cpus": dedicated_cpus,
     }
+    if tcg_modes is not None:
+        fields["tcg_cpu_modes"] = tcg_modes
     if options is None:
         return replace(base, **fields)
     if options.HasField("VirtualMachineSMBios"):
@@ -459,6 +469,7 @@ class Syncer:
         self._prepare = prepare_fn
         self._probe_fn = kvm_probe
         self._probe: tuple[bool, str] | None = None  # KVM does not come and go in a pod
+        self._tcg_modes: frozenset[str] | None = None
         self._accepting = accepting
         self._lock = asyncio.Lock()
         # (libvirt domain id, inactive definition) of the start this launcher did: what
@@ -488,6 +499,23 @@ class Syncer:
                                allow_emulation=self.opts.allow_emulation)
         return self._probe
 
+    async def _tcg_cpu_modes(self) -> frozenset[str] | None:
+        """What libvirt supports for TCG domains (None: could not ask; the converter's
+        defaults then apply). A CPU mode it lacks falls back to 'maximum'."""
+        if self._tcg_modes is None:
+            def ask() -> str:
+                caps: str = self._virconn().getDomainCapabilities(None, None, None, "qemu", 0)
+                return caps
+            try:
+                self._tcg_modes = tcg_cpu_modes(await self.conn.call(ask))
+            except (libvirt.libvirtError, ConnectionError, ET.ParseError) as exc:
+                self._log.warning("cannot read libvirt's CPU modes for emulation",
+                                  error=str(exc))
+                return None
+            self._log.info("CPU modes libvirt supports under emulation (others become "
+                           "'maximum')", modes=sorted(self._tcg_modes))
+        return self._tcg_modes
+
     async def _sync(self, vmi: Mapping[str, Any], options: Any | None) -> SyncResult:
         kvm_error: SyncError | None = None
         try:
@@ -495,8 +523,10 @@ class Syncer:
         except SyncError as exc:
             # Reported after the conversion: a broken VMI is the first thing to fix.
             emulation, kvm_error = False, exc
-        conv_opts = options_from_request(options, opts=self.opts, paths=self.paths,
-                                         emulation=emulation, dedicated_cpus=pod_cpus())
+        conv_opts = options_from_request(
+            options, opts=self.opts, paths=self.paths, emulation=emulation,
+            dedicated_cpus=pod_cpus(), tcg_modes=await self._tcg_cpu_modes() if emulation
+            else None)
         try:
             # In a worker thread: a large VMI's conversion must not hold up Ping and the
             # relay on the loop (the GIL still switches every few milliseconds).

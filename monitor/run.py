@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from launcher import flags
 from launcher.paths import derive
+from launcher.shutdown_budget import monitor_kill_after_s
 from monitor import cleanup, libc, log, spawn
 from monitor.exitcodes import EXIT_OK, EXIT_SPAWN_FAILED, EXIT_USAGE, code_from_wait_status
 from monitor.forward import FORWARDED, SignalPipe, signal_name
@@ -17,8 +18,8 @@ from monitor.reaper import Reaper, describe
 
 PROG = "virt-launcher-monitor"
 # Beyond KubeVirt: the launcher gets --grace-period-seconds for the guest to shut down plus
-# this much to stop daemons and servers; after that it is considered hung and SIGKILLed.
-LAUNCHER_KILL_SLACK_S = 15.0
+# every deadline it keeps after that (launcher.shutdown_budget); past them it is considered
+# hung and SIGKILLed.
 DEBUG_VERBOSITY = 3
 
 
@@ -28,7 +29,7 @@ class Monitor:
         self.reaper = reaper
         self.signals_after_exit = 0
 
-    def supervise(self, pid: int, grace_period_s: float) -> int:
+    def supervise(self, pid: int, stop_timeout_s: float) -> int:
         """Forward signals to the launcher until it exits; returns its wait status."""
         kill_deadline: float | None = None
         killed = False
@@ -46,13 +47,13 @@ class Monitor:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGTERM)
                 if kill_deadline is None:
-                    kill_deadline = time.monotonic() + grace_period_s + LAUNCHER_KILL_SLACK_S
+                    kill_deadline = time.monotonic() + stop_timeout_s
             self.reaper.reap()
             if pid in self.reaper.exited:
                 return self.reaper.exited.pop(pid)
             if kill_deadline is not None and not killed and time.monotonic() >= kill_deadline:
                 log.warning("launcher did not exit in time; sending SIGKILL", launcher_pid=pid,
-                            timeout_s=grace_period_s + LAUNCHER_KILL_SLACK_S)
+                            timeout_s=stop_timeout_s)
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
                 killed = True
@@ -103,7 +104,10 @@ def _launch(opts: flags.Options, argv: Sequence[str], argv0: str, monitor: Monit
     # Start-up garbage is gone now; what stays resident from here on is every VM's cost.
     libc.release_free_heap()
 
-    status = monitor.supervise(pid, float(opts.grace_period_seconds))
+    stop_timeout_s = opts.launcher_stop_timeout_s
+    if stop_timeout_s is None:
+        stop_timeout_s = monitor_kill_after_s(float(opts.grace_period_seconds))
+    status = monitor.supervise(pid, stop_timeout_s)
     code = code_from_wait_status(status)
     log.info("launcher exited", launcher_pid=pid, **describe(status))
 

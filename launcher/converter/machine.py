@@ -39,8 +39,9 @@ Deliberate differences
   for the VMI's life, which is the domain's); else uuid5 under KubeVirt's firmware UUID
   namespace of the uid, or of the VMI name when there is no uid, which is exactly the
   firmware UUID KubeVirt's VM controller assigns a VM of that name.
-- Emulation (TCG): host-model and host-passthrough become <cpu mode='maximum'/>; see
-  _cpu_mode.
+- Emulation (TCG): the CPU mode stays KubeVirt's (host-model by default, which libvirt
+  expands to a named model TCG can run); a mode libvirt does not support for TCG domains
+  (its domcapabilities: host-passthrough here) becomes <cpu mode='maximum'/>; see _cpu_mode.
 - Hugepages carry their page size (<page size unit='KiB'/>) instead of KubeVirt's bare
   <hugepages/> plus memfd backing and a NUMA cell.
 - NVRAM lives under the private dir (<private>/libvirt/qemu/nvram, KubeVirt's non-root
@@ -627,12 +628,12 @@ def _vendor_id(node: Node, hyperv: ET.Element) -> None:
 
 # --- CPU --------------------------------------------------------------------------------------
 def _cpu_mode(ctx: Context, model: str) -> str:
-    if not ctx.opts.emulation:
+    if not ctx.opts.emulation or model in ctx.opts.tcg_cpu_modes:
         return model
-    # TCG has no host CPU to copy: libvirt 9's domcapabilities for type 'qemu' reports
-    # host-passthrough unsupported, and its host-model expands to the host's model (EPYC
-    # here) which TCG cannot provide. 'maximum' (QEMU's -cpu max) is "everything this
-    # accelerator implements", what both modes ask for, and boots our guests under TCG.
+    # TCG has no host CPU to pass through: libvirt's domcapabilities for type 'qemu' say
+    # which modes it supports (the launcher reads them); for one it refuses, 'maximum'
+    # (QEMU's -cpu max, "everything this accelerator implements") is what the mode asks
+    # for. The launcher logs that it fell back.
     return "maximum"
 
 

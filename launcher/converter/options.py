@@ -45,6 +45,9 @@ class DiskInfo:
 class ConvertOptions:
     # type='qemu' (TCG) instead of 'kvm': --allow-emulation and KVM unusable on this host.
     emulation: bool = False
+    # The CPU modes libvirt supports for TCG domains (domcapabilities, virttype qemu);
+    # host-model and host-passthrough are used as KubeVirt uses them when listed here.
+    tcg_cpu_modes: frozenset[str] = frozenset({"host-model", "maximum"})
     hypervisor: str = HYPERVISOR_KVM
     arch: str = "x86_64"
     smbios: SMBios = SMBios()

@@ -338,7 +338,10 @@ def test_dumps_qemu_logs(harness: Harness) -> None:
 
 # --- d) hung launcher ----------------------------------------------------------------------
 def test_sigkills_launcher_that_ignores_sigterm(harness: Harness) -> None:
-    monitor = harness.start("ignore-term", "--grace-period-seconds", "1")
+    # The default allowance is the launcher's whole shutdown budget (minutes, see
+    # tests/unit/test_shutdown_budget.py); a short one keeps this test quick.
+    monitor = harness.start("ignore-term", "--grace-period-seconds", "1",
+                            "--launcher-stop-timeout", "15s")
     harness.wait_ready()
     started = time.monotonic()
     os.kill(monitor.pid, signal.SIGTERM)

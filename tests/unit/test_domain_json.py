@@ -213,6 +213,12 @@ def test_top_level_spec(spec: dict[str, Any]) -> None:
     assert spec["CPU"] == {"Mode": "custom", "Model": "qemu64",
                            "Topology": {"Sockets": 1, "Cores": 2, "Threads": 1}}
     assert spec["Clock"] == {"Offset": "utc"}
+    assert spec["OnReboot"] == "restart"
+    # api.SysInfo: what virt-handler shows of the SMBIOS the guest sees
+    assert spec["SysInfo"] == {"Type": "smbios", "System": [
+        {"Name": "manufacturer", "Value": "KubeVirt"}, {"Name": "product", "Value": "None"},
+        {"Name": "uuid", "Value": "5a9fc181-957e-5c32-9e5a-2de5e9673531"},
+        {"Name": "family", "Value": "KubeVirt"}]}
 
 
 def test_os(spec: dict[str, Any]) -> None:
@@ -233,8 +239,13 @@ def test_virtio_disk(spec: dict[str, Any]) -> None:
         # the top-level <source>, not the backing store's
         "Source": {"File": ROOT_DISK},
         "Target": {"Bus": "virtio", "Device": "vda"},
-        "Driver": {"Cache": "none", "ErrorPolicy": "stop", "Name": "qemu", "Type": "qcow2"},
+        "Driver": {"Cache": "none", "ErrorPolicy": "stop", "Name": "qemu", "Type": "qcow2",
+                   "Discard": "unmap"},
         "Alias": {"Name": "virtio-disk0", "UserDefined": False},
+        # the containerDisk under the overlay (api.BackingStore); its own nested
+        # terminator is not part of KubeVirt's struct
+        "BackingStore": {"Type": "file", "Format": {"Type": "qcow2"},
+                         "Source": {"File": "/var/run/kubevirt/container-disks/disk_0.img"}},
         "BootOrder": {"Order": 1},
         "Address": pci("0x07"),
     }
@@ -247,9 +258,11 @@ def test_cdrom(spec: dict[str, Any]) -> None:
         "Type": "file",
         "Source": {"File": CLOUD_INIT},
         "Target": {"Bus": "sata", "Device": "sda", "Tray": "closed"},
-        "Driver": {"Cache": "none", "ErrorPolicy": "stop", "Name": "qemu", "Type": "raw"},
+        "Driver": {"Cache": "none", "ErrorPolicy": "stop", "Name": "qemu", "Type": "raw",
+                   "Discard": "unmap"},
         "ReadOnly": {},
         "Alias": {"Name": "cloudinitdisk", "UserDefined": True},
+        "BackingStore": {},  # <backingStore/>: Go decodes it as a present, empty struct
         "Address": {"Type": "drive", "Controller": "0", "Bus": "0", "Target": "0",
                     "Unit": "0"},
     }

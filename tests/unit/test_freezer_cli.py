@@ -65,30 +65,56 @@ def test_pflag_style_booleans() -> None:
 
 
 @pytest.mark.parametrize("argv", [
-    ["--name", "vm", "--namespace", "ns"],                           # no action
-    ["--freeze", "--unfreeze", "--name", "vm", "--namespace", "ns"],  # two actions
-    ["--freeze", "--status", "--name", "vm", "--namespace", "ns"],
-    ["--freeze", "--namespace", "ns"],                                # no name
-    ["--freeze", "--name", "vm"],                                     # no namespace
-    ["--freeze", "--name=", "--namespace", "ns"],                     # empty name
     ["--freeze", "--name", "vm", "--namespace", "ns", "--bogus"],     # unknown flag
     ["--freeze", "--name", "vm", "--namespace", "ns", "--unfreezeTimeoutSeconds", "-1"],
     ["--freeze", "--name", "vm", "--namespace", "ns", "--unfreezeTimeoutSeconds", "x"],
     ["--freeze", "--name", "vm", "--namespace", "ns", "--timeout", "0"],
     ["--freeze=maybe", "--name", "vm", "--namespace", "ns"],
-    ["--freeze", "--name", "vm", "--namespace", "ns", "--runtime-root", "relative"],
 ])
-def test_usage_errors_exit_2(argv: list[str]) -> None:
+def test_flags_that_do_not_parse_exit_2_as_pflag(argv: list[str]) -> None:
     out, err = io.StringIO(), io.StringIO()
     assert freezer.cli(argv, out, err, environ={}) == freezer.EXIT_USAGE
     assert "virt-freezer: error: " in err.getvalue()
     assert out.getvalue() == ""
 
 
+@pytest.mark.parametrize(("argv", "reason"), [
+    (["--name", "vm", "--namespace", "ns"], "either --freeze or --unfreeze must be set"),
+    (["--freeze", "--unfreeze", "--name", "vm", "--namespace", "ns"], "only one of"),
+    (["--freeze", "--status", "--name", "vm", "--namespace", "ns"], "only one of"),
+    (["--freeze", "--namespace", "ns"], "both --name and --namespace must be provided"),
+    (["--freeze", "--name", "vm"], "both --name and --namespace must be provided"),
+    (["--freeze", "--name=", "--namespace", "ns"],
+     "both --name and --namespace must be provided"),
+    (["--freeze", "--name", "vm", "--namespace", "ns", "--runtime-root", "relative"],
+     "must be an absolute path"),
+])
+def test_flags_that_make_no_sense_exit_1_with_a_json_log_line(argv: list[str],
+                                                             reason: str) -> None:
+    # KubeVirt's parseFlags errors: "Failed to parse flags", os.Exit(1).
+    out, err = io.StringIO(), io.StringIO()
+    assert freezer.cli(argv, out, err, environ={}) == freezer.EXIT_ERROR
+    lines = [json.loads(line) for line in err.getvalue().splitlines()]
+    assert len(lines) == 1, lines
+    assert lines[0]["level"] == "error" and lines[0]["msg"] == "Failed to parse flags"
+    assert lines[0]["component"] == "virt-freezer" and reason in lines[0]["reason"]
+    assert lines[0]["timestamp"].endswith("Z")
+    assert out.getvalue() == ""
+
+
+def log_msgs(text: str) -> list[str]:
+    """The msg of every stderr line, each of which must be a JSON log line."""
+    return [json.loads(line)["msg"] for line in text.splitlines()]
+
+
+def log_reasons(text: str) -> list[str]:
+    return [json.loads(line).get("reason", "") for line in text.splitlines()]
+
+
 def test_help_documents_exit_codes_and_socket() -> None:
     text = freezer.build_parser().format_help()
     assert "exit codes:" in text
-    for code in ("0  success", "1  error", "2  usage error"):
+    for code in ("0  success", "1  error", "2  a flag that does not parse"):
         assert code in text
     assert "/var/run/kubevirt/sockets/launcher-sock" in text
     assert "--unfreezeTimeoutSeconds" in text
@@ -108,7 +134,8 @@ def test_missing_socket_exits_1() -> None:
     code = freezer.cli(["--freeze", "--name", "vm", "--namespace", "ns",
                         "--socket", "/nonexistent/launcher-sock"], out, err, environ={})
     assert code == freezer.EXIT_ERROR
-    assert "launcher socket /nonexistent/launcher-sock does not exist" in err.getvalue()
+    assert any("launcher socket /nonexistent/launcher-sock does not exist" in r
+               for r in log_reasons(err.getvalue()))
 
 
 def test_a_socket_nobody_serves_exits_1(root: str) -> None:
@@ -122,7 +149,8 @@ def test_a_socket_nobody_serves_exits_1(root: str) -> None:
     finally:
         dead.close()
     assert code == freezer.EXIT_ERROR
-    assert f"cannot connect to the launcher at {path} within 0.5s" in err.getvalue()
+    assert any(f"cannot connect to the launcher at {path} within 0.5s" in r
+               for r in log_reasons(err.getvalue()))
 
 
 # --- flows against a real server -----------------------------------------------------------------
@@ -234,7 +262,7 @@ def test_no_guest_agent_exits_0(root: str) -> None:
     launcher = Launcher(guest=GUEST_WITHOUT_AGENT)
     res = flow(root, launcher, "--freeze")
     assert res.code == 0, res
-    assert "No guest agent" in res.out
+    assert "No guest agent" in log_msgs(res.err) and res.out == ""
     assert launcher.rpcs() == ["GetGuestInfo"]
 
 
@@ -248,8 +276,8 @@ def test_domain_absent_or_not_running_exits_0(root: str, status: str | None,
     launcher = Launcher(guest=GUEST_WITH_AGENT, domain_status=status)
     res = flow(root, launcher, "--freeze")
     assert res.code == 0, res
-    assert "Guest agent version is 8.1.0" in res.out
-    assert line in res.out
+    assert "Guest agent version is 8.1.0" in log_msgs(res.err)
+    assert line in log_msgs(res.err)
     assert launcher.rpcs() == ["GetGuestInfo", "GetDomain"]
 
 
@@ -257,7 +285,7 @@ def test_freeze_succeeds(root: str) -> None:
     launcher = Launcher(guest=GUEST_WITH_AGENT)
     res = flow(root, launcher, "--freeze", "--unfreezeTimeoutSeconds", "42")
     assert res.code == 0, res
-    assert "Operation completed successfully" in res.out
+    assert "Operation completed successfully" in log_msgs(res.err)
     assert launcher.rpcs() == ["GetGuestInfo", "GetDomain", "Freeze"]
     request = launcher.calls[-1][1]
     assert request.unfreezeTimeoutSeconds == 42
@@ -276,7 +304,8 @@ def test_freeze_failure_exits_1_with_the_reason(root: str) -> None:
     launcher = Launcher(guest=GUEST_WITH_AGENT, freeze_message=message)
     res = flow(root, launcher, "--freeze")
     assert res.code == 1, res
-    assert f"Freezing VMI failed: {message}" in res.err
+    assert log_msgs(res.err)[-1] == "Freezing VMI failed"
+    assert log_reasons(res.err)[-1] == f"Freezing VMI failed: {message}"
     assert "Traceback" not in res.err
     assert launcher.rpcs() == ["GetGuestInfo", "GetDomain", "Freeze"]
 
@@ -287,7 +316,8 @@ def test_freeze_without_an_available_agent_thaws_again(root: str) -> None:
     launcher = Launcher(guest=GUEST_WITH_AGENT, freeze_message=message)
     res = flow(root, launcher, "--freeze")
     assert res.code == 1, res
-    assert "make sure the guest agent is running and try again" in res.err
+    assert log_msgs(res.err)[-1] == ("Freezing VMI failed, please make sure the guest agent "
+                                     "is running and try again")
     assert launcher.rpcs() == ["GetGuestInfo", "GetDomain", "Freeze", "Unfreeze"]
 
 
@@ -295,12 +325,12 @@ def test_unfreeze_succeeds_and_fails(root: str) -> None:
     launcher = Launcher(guest=GUEST_WITH_AGENT)
     res = flow(root, launcher, "--unfreeze")
     assert res.code == 0, res
-    assert "Operation completed successfully" in res.out
+    assert "Operation completed successfully" in log_msgs(res.err)
     assert launcher.rpcs() == ["GetGuestInfo", "GetDomain", "Unfreeze"]
     launcher = Launcher(guest=GUEST_WITH_AGENT, unfreeze_message="libvirt error 1: boom")
     res = flow(root, launcher, "--unfreeze")
     assert res.code == 1, res
-    assert "Unfreezing VMI failed: libvirt error 1: boom" in res.err
+    assert log_reasons(res.err)[-1] == "Unfreezing VMI failed: libvirt error 1: boom"
 
 
 def test_status_prints_json(root: str) -> None:
@@ -312,14 +342,14 @@ def test_status_prints_json(root: str) -> None:
     res = flow(root, launcher, "--status")
     assert res.code == 0, res
     assert json.loads(res.out) == {"fsFreezeStatus": ""}
-    assert "No guest agent" in res.err
+    assert "No guest agent" in log_msgs(res.err)
 
 
 def test_rpc_failure_exits_1(root: str) -> None:
     launcher = Launcher(guest=None)
     res = flow(root, launcher, "--freeze")
     assert res.code == 1, res
-    assert "GetGuestInfo failed: agent cache unavailable" in res.err
+    assert log_reasons(res.err) == ["GetGuestInfo failed: agent cache unavailable"]
     assert "Traceback" not in res.err
 
 

@@ -374,6 +374,14 @@ class FakeConn:
         except KeyError:
             raise NoDomain() from None
 
+    def getDomainCapabilities(self, emulator: Any, arch: Any, machine: Any, virttype: str,
+                              flags: int) -> str:
+        # libvirt 9's answer for TCG here, CPU part only
+        assert virttype == "qemu"
+        return ("<domainCapabilities><cpu><mode name='host-passthrough' supported='no'/>"
+                "<mode name='maximum' supported='yes'/><mode name='host-model' "
+                "supported='yes'><model>EPYC</model></mode></cpu></domainCapabilities>")
+
     def defineXML(self, xml: str) -> FakeDom:
         self.defined.append(xml)
         dom = self.domains.get("ns1_vm1")
