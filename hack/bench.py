@@ -475,7 +475,8 @@ def pod(s: Samples, extra: Sequence[str]) -> Iterator[Pod]:
         os.makedirs(os.path.dirname(paths.notify_socket), mode=0o755, exist_ok=True)
         with events_log.open("wb") as out, (base / "receiver.err").open("wb") as err:
             receiver = subprocess.Popen(
-                [str(BIN / "virt-launcher-events"), "--socket", paths.notify_socket],
+                [str(BIN / "virt-launcher-events"), "--socket", paths.notify_socket,
+                 "--act-as-virt-handler", paths.cmd_socket],  # virt-handler's part
                 stdout=out, stderr=err, stdin=subprocess.DEVNULL)
         procs.append(receiver)
         # The receiver's own start must not compete with the launcher's for the CPUs.

@@ -312,7 +312,8 @@ def bench(base: Path, res: dict[str, Any], procs: list[subprocess.Popen[bytes]])
     os.makedirs(os.path.dirname(paths.notify_socket), mode=0o755, exist_ok=True)
     with events_log.open("wb") as out:
         receiver = subprocess.Popen(
-            [str(BIN / "virt-launcher-events"), "--socket", paths.notify_socket],
+            [str(BIN / "virt-launcher-events"), "--socket", paths.notify_socket,
+                 "--act-as-virt-handler", paths.cmd_socket],  # virt-handler's part
             stdout=out, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
     procs.append(receiver)
 

@@ -5,12 +5,17 @@ virt-launcher-monitor starts virt-launcher in a temporary runtime root with
 STANDALONE_VMI set to the demo VMI (the tiny test guest as a KubeVirt VMI: kernel boot from
 a kernel-boot container, a containerDisk data disk, a cloud-init NoCloud ISO, a slirp NIC,
 the guest agent channel). The launcher brings up virtlogd and libvirtd, relays libvirt
-events to a notify receiver (virt-launcher-events, standing in for virt-handler), serves
-KubeVirt's command API, and syncs the VMI itself: converts it to a domain, prepares the
-disks, defines and starts it. We wait for the guest agent, ask GetDomain and GetGuestInfo,
-Sync the VMI again over gRPC, freeze/thaw with virt-freezer, pause/resume, kill -9 libvirtd
-under the running VM, then SIGTERM: ACPI shutdown, final snapshot, clean exit, nothing left
-running. Exit status 0 only when every step worked.
+events to a notify receiver (virt-launcher-events --act-as-virt-handler, standing in for
+virt-handler: it receives the snapshots and drives the end of the VM's life over the command
+socket as virt-handler does), serves KubeVirt's command API, and syncs the VMI itself:
+converts it to a domain, prepares the disks, defines and starts it. We wait for the guest
+agent, ask GetDomain and GetGuestInfo, Sync the VMI again over gRPC, freeze/thaw with
+virt-freezer, pause/resume, kill -9 libvirtd under the running VM, then end the pod as a
+cluster does: SIGTERM -> the domain is marked for graceful shutdown -> virt-handler's
+Shutdown -> the guest powers off (Shutoff/Shutdown: the VMI Succeeded) -> virt-handler's
+Delete -> the final "deleted" snapshot -> the launcher exits 0, nothing left running.
+virt-handler's verdict on every snapshot comes from tests/support/virt_handler.py.
+Exit status 0 only when every step worked.
 
 Run as a module from the repository root: python -m hack.demo
 """
@@ -39,6 +44,7 @@ from hack.guestvm import AGENT_CHANNEL, stage, vmi
 from launcher import flags
 from launcher._proto.kubevirt.cmd.v1 import cmd_pb2, cmd_pb2_grpc
 from launcher.paths import Paths, derive
+from tests.support.virt_handler import replay
 
 BIN = Path(sys.executable).parent
 
@@ -69,9 +75,16 @@ class Events:
                 self.lines.append(rec)
             say("    notify <- " + describe(rec))
 
-    def last_domain(self) -> dict[str, Any] | None:
+    def domains(self) -> list[dict[str, Any]]:
         with self._lock:
-            doms = [r for r in self.lines if r["kind"] == "domain"]
+            return [r for r in self.lines if r["kind"] == "domain"]
+
+    def handler_calls(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [r for r in self.lines if r["kind"] == "handler"]
+
+    def last_domain(self) -> dict[str, Any] | None:
+        doms = self.domains()
         return doms[-1] if doms else None
 
     def wait(self, pred: Callable[[dict[str, Any]], bool], timeout: float, what: str) -> None:
@@ -88,12 +101,18 @@ def describe(rec: dict[str, Any]) -> str:
     if rec["kind"] == "k8s":
         e = rec["event"]
         return f"K8s event {e.get('type')}/{e.get('reason')}: {e.get('message')}"
+    if rec["kind"] == "handler":
+        return (f"(virt-handler calls {rec['action']}VirtualMachine: "
+                f"{'ok' if rec['success'] else 'failed ' + rec['message']})")
     d = rec["domain"]
     st = d["Status"]
     agent = agent_state(rec) or "-"
+    grace = d.get("Spec", {}).get("Metadata", {}).get("KubeVirt", {}).get("GracePeriod", {})
+    marked = " markedForGracefulShutdown" if grace.get("MarkedForGracefulShutdown") else ""
     deleting = " deletionTimestamp=" + d["ObjectMeta"]["deletionTimestamp"] \
         if "deletionTimestamp" in d["ObjectMeta"] else ""
-    return f"{rec['eventType']:<8} {st['Status']}/{st['Reason']} agent={agent}{deleting}"
+    return (f"{rec['eventType']:<8} {st['Status']}/{st['Reason']} agent={agent}"
+            f"{marked}{deleting}")
 
 
 def agent_state(rec: dict[str, Any]) -> str | None:
@@ -190,7 +209,10 @@ def freezer(paths: Paths, *args: str) -> str:
     r = subprocess.run([str(BIN / "virt-freezer"), "--name", "demo", "--namespace", "default",
                         "--socket", paths.cmd_socket, *args],
                        capture_output=True, text=True, timeout=120, check=False)
-    output = "; ".join(line for line in (r.stdout + r.stderr).splitlines() if line.strip())
+    # stdout: --status's JSON; stderr: JSON log lines (their messages are shown)
+    msgs = [json.loads(line).get("msg", line) if line.startswith("{") else line
+            for line in r.stderr.splitlines() if line.strip()]
+    output = "; ".join([*r.stdout.splitlines(), *msgs])
     say(f"    $ virt-freezer {' '.join(args)} -> exit {r.returncode}: {output}")
     if r.returncode != 0:
         raise SystemExit(f"virt-freezer {' '.join(args)} failed")
@@ -222,10 +244,12 @@ def main() -> int:
         for line in text.splitlines():
             say(f"    {line}")
 
-        step("notify receiver (virt-handler's side): virt-launcher-events")
+        step("virt-handler's side: virt-launcher-events --act-as-virt-handler (notify "
+             "receiver + command client)")
         os.makedirs(os.path.dirname(paths.notify_socket), mode=0o755, exist_ok=True)
         receiver = subprocess.Popen(
-            [str(BIN / "virt-launcher-events"), "--socket", paths.notify_socket],
+            [str(BIN / "virt-launcher-events"), "--socket", paths.notify_socket,
+             "--act-as-virt-handler", paths.cmd_socket],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
         procs.append(receiver)
         events = Events(receiver)
@@ -301,22 +325,33 @@ def main() -> int:
             "a fresh snapshot arrived after the reconnect")
         events.wait(lambda e: agent_state(e) == "connected", 30, "agent re-connected")
 
-        step("SIGTERM to the monitor: ACPI shutdown, final notify, clean exit")
+        step("SIGTERM to the monitor, as the kubelet deletes the pod: the domain is marked "
+             "for graceful shutdown, virt-handler shuts it down, then deletes it")
         t2 = time.monotonic()
+        n = len(events.domains())
         monitor.send_signal(signal.SIGTERM)
         code = monitor.wait(timeout=90)
         launcher_log(log, seen)
-        time.sleep(0.2)
         say(f"    monitor exited with {code} after {time.monotonic() - t2:.2f}s")
         receiver.terminate()
         receiver.wait(10)
         left = [p for p in psutil.process_iter(["cmdline"])
                 if any(str(root) in a for a in p.info["cmdline"] or ())]
         say(f"    processes left referencing the runtime root: {len(left)}")
+        seen_domains = events.domains()
+        view = replay([e["domain"] for e in seen_domains])
+        for rec, verdict in list(zip(seen_domains, view.verdicts, strict=True))[n:]:
+            say(f"    virt-handler's view of {describe(rec).split(' agent=')[0].strip()}: "
+                f"domain {'exists' if verdict.exists else 'deleted'}, VMI {verdict.phase}"
+                f"{', next: ' + verdict.action if verdict.action else ''}")
+        calls = [c["action"] for c in events.handler_calls() if c["success"]]
+        say(f"    virt-handler's calls that succeeded: {', '.join(calls) or 'none'}")
         final = events.last_domain()
         ok = (code == 0 and not left and final is not None
-              and final["domain"]["Status"]["Status"] == "Shutoff"
-              and "deletionTimestamp" in final["domain"]["ObjectMeta"])
+              and final["domain"]["Status"]["Reason"] == "NonExistent"
+              and "deletionTimestamp" in final["domain"]["ObjectMeta"]
+              and view.phase == "Succeeded" and "Delete" in calls
+              and all(v.exists for v in view.verdicts[:-1]))
         step("demo " + ("succeeded" if ok else "FAILED")
              + f" in {time.monotonic() - t_start:.1f}s (full log: {log})")
     finally:

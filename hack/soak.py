@@ -10,7 +10,8 @@ runtime root is removed, as the kubelet removes a pod's volumes.
 
 Measured per cycle: the phases' times; the launcher's RSS, open fds and threads at the same
 point of every cycle (right after the thaw); the monitor's RSS. Checked per cycle: exit
-code 0, the final notify snapshot Shutoff/Shutdown with deletionTimestamp, no process left
+code 0, a Shutoff/Shutdown snapshot then the final one (the domain deleted by virt-handler's
+stand-in, deletionTimestamp), no process left
 that references the cycle's root (QEMU, libvirtd, virtlogd, anything), no mount left, no
 socket or QEMU pid file left in the root, and the root removable. Checked across cycles
 (the first 10 against the last 10): no growth of the launcher's RSS (median, <= 2 MiB),
@@ -143,7 +144,8 @@ def cycle(n: int, keep_failed: bool) -> dict[str, Any]:
         os.makedirs(os.path.dirname(paths.notify_socket), mode=0o755, exist_ok=True)
         with events.open("wb") as out:
             procs.append(subprocess.Popen(
-                [str(BIN / "virt-launcher-events"), "--socket", paths.notify_socket],
+                [str(BIN / "virt-launcher-events"), "--socket", paths.notify_socket,
+                 "--act-as-virt-handler", paths.cmd_socket],  # virt-handler's part
                 stdout=out, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL))
         wait_for(lambda: os.path.exists(paths.notify_socket), 10, "notify receiver")
         standalone = json.dumps(vmi(name=NAME, namespace=NAMESPACE, uid=uid))
@@ -181,9 +183,13 @@ def cycle(n: int, keep_failed: bool) -> dict[str, Any]:
             raise CycleError(f"monitor exited {code}")
         final = last_snapshot(events)
         st = (final or {}).get("domain", {}).get("Status", {})
-        if (st.get("Status"), st.get("Reason")) != ("Shutoff", "Shutdown") or not (
+        if (st.get("Status"), st.get("Reason")) != ("NoState", "NonExistent") or not (
                 final or {}).get("domain", {}).get("ObjectMeta", {}).get("deletionTimestamp"):
-            raise CycleError(f"final snapshot: {st}")
+            raise CycleError(f"final snapshot (want the domain deleted): {st}")
+        stops = [e["domain"]["Status"] for e in json_lines(events) if e.get("kind") == "domain"
+                 and e["domain"]["Status"].get("Status") == "Shutoff"]
+        if not stops or (stops[-1].get("Reason")) != "Shutdown":
+            raise CycleError(f"no Shutoff/Shutdown before the deletion: {stops}")
         receiver = procs[0]
         receiver.terminate()
         receiver.wait(10)

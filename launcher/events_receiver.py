@@ -1,6 +1,7 @@
 """virt-launcher-events: a small notify receiver (the virt-handler end of the notify socket).
 
     virt-launcher-events --socket PATH [--supported-versions 1[,2...]] [--reject-every N]
+                         [--act-as-virt-handler CMD_SOCKET]
 
 Serves kubevirt.notify.info.NotifyInfo/Info and kubevirt.notify.v1.Notify on a UNIX socket
 and prints every received event as one JSON line on stdout (flushed per line):
@@ -12,6 +13,11 @@ and prints every received event as one JSON line on stdout (flushed per line):
 Events answered with success=false (--reject-every N: every Nth event) are printed too, with
 "rejected": true. Logs go to stderr, so stdout carries nothing but event lines. Used by the
 demo and the tests as virt-handler, and handy for watching a launcher by hand.
+
+With --act-as-virt-handler it also drives the launcher's end of life over the command
+socket the way virt-handler does (launcher.handler_standin), and prints what it did:
+
+    {"kind": "handler", "action": "Shutdown"|"Kill"|"Delete", "success": ..., ...}
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import uvloop
 from launcher import logs
 from launcher._proto.kubevirt.notify.info import info_pb2, info_pb2_grpc
 from launcher._proto.kubevirt.notify.v1 import notify_pb2, notify_pb2_grpc
+from launcher.handler_standin import HandlerStandIn
 from launcher.notifier import grpc_target
 
 STOP_GRACE_S = 1.0
@@ -68,6 +75,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         metavar="V[,V...]", help="notify versions answered by Info (default 1)")
     parser.add_argument("--reject-every", type=_positive, default=0, metavar="N",
                         help="answer success=false to every Nth event (default 0: never)")
+    parser.add_argument("--act-as-virt-handler", default=None, metavar="CMD_SOCKET",
+                        help="drive the launcher's shutdown and deletion over its command "
+                             "socket as virt-handler does (Shutdown when the domain is "
+                             "marked for graceful shutdown, Kill after the grace period, "
+                             "Delete once it is off)")
     parser.add_argument("-v", "--verbosity", type=int, default=2)
     return parser.parse_args(argv)
 
@@ -105,10 +117,12 @@ class EventPrinter:
 class Receiver:
     """The Notify and NotifyInfo servicers (duck-typed: the generated bases are untyped)."""
 
-    def __init__(self, printer: EventPrinter, versions: list[int], reject_every: int) -> None:
+    def __init__(self, printer: EventPrinter, versions: list[int], reject_every: int,
+                 handler: HandlerStandIn | None = None) -> None:
         self._printer = printer
         self._versions = versions
         self._reject_every = reject_every
+        self._handler = handler
         self._received = 0
         self._log = structlog.get_logger()
 
@@ -137,7 +151,11 @@ class Receiver:
                                   "received_at": time.time()}
         if request.statusJSON:
             record["status"] = _decode(request.statusJSON)
-        return await self._answer(record)
+        response = await self._answer(record)
+        if self._handler is not None and response.success \
+                and isinstance(record["domain"], dict):
+            self._handler.observe(record["domain"])
+        return response
 
     async def HandleK8sEvent(self, request: notify_pb2.K8sEventRequest,
                              _context: Any) -> notify_pb2.Response:
@@ -173,7 +191,10 @@ async def serve(args: argparse.Namespace, path: str) -> int | None:
         loop.add_signal_handler(sig, stop.set)  # only records: the main flow stops
 
     printer = EventPrinter(sys.stdout)
-    receiver = Receiver(printer, args.supported_versions, args.reject_every)
+    handler = None
+    if args.act_as_virt_handler:
+        handler = HandlerStandIn(args.act_as_virt_handler, printer.emit)
+    receiver = Receiver(printer, args.supported_versions, args.reject_every, handler)
     server = grpc.aio.server()
     notify_pb2_grpc.add_NotifyServicer_to_server(receiver, server)
     info_pb2_grpc.add_NotifyInfoServicer_to_server(receiver, server)
@@ -187,18 +208,26 @@ async def serve(args: argparse.Namespace, path: str) -> int | None:
         os.umask(old_umask)
     inode = _socket_inode(path)
     log.info("listening", supported_versions=args.supported_versions,
-             reject_every=args.reject_every, pid=os.getpid())
+             reject_every=args.reject_every, pid=os.getpid(),
+             virt_handler_standin=args.act_as_virt_handler)
     try:
-        await stop.wait()
-        log.info("stopping")
+        async with asyncio.TaskGroup() as tg:
+            if handler is not None:
+                tg.create_task(handler.run(stop), name="virt-handler-standin")
+            await stop.wait()
+            log.info("stopping")
     finally:
         await server.stop(STOP_GRACE_S)
+        if handler is not None:
+            await handler.close()
         printer.close()
     return inode
 
 
 def main() -> None:
     args = parse_args(sys.argv[1:])
+    if args.act_as_virt_handler:
+        args.act_as_virt_handler = os.path.abspath(args.act_as_virt_handler)
     # logs.configure writes to whatever sys.stdout is at that moment; stdout is reserved
     # for event lines, so point the loggers at stderr.
     with contextlib.redirect_stdout(sys.stderr):

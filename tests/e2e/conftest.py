@@ -28,11 +28,11 @@ def make_instance(request: pytest.FixtureRequest) -> Iterator[Callable[..., Inst
 
 
 @pytest.fixture
-def receiver_for() -> Iterator[Callable[[Instance], Receiver]]:
+def receiver_for() -> Iterator[Callable[..., Receiver]]:
     receivers: list[Receiver] = []
 
-    def make(inst: Instance) -> Receiver:
-        r = Receiver(inst)
+    def make(inst: Instance, virt_handler: bool = False) -> Receiver:
+        r = Receiver(inst, virt_handler=virt_handler)
         r.start()
         receivers.append(r)
         return r

@@ -63,9 +63,13 @@ def with_domain(inst: Instance, action: str) -> None:
 
 @dataclass
 class Receiver:
-    """virt-launcher-events on the instance's notify socket, events read from its stdout."""
+    """virt-launcher-events on the instance's notify socket, events read from its stdout.
+    `virt_handler`: it also drives the end of the VM's life over the command socket as
+    virt-handler does (Shutdown when marked, Kill after the grace period, Delete when off;
+    launcher.handler_standin)."""
 
     inst: Instance
+    virt_handler: bool = False
     proc: subprocess.Popen[bytes] | None = None
     out: Path = field(init=False)
 
@@ -89,8 +93,10 @@ class Receiver:
             for d in made:
                 os.chown(d, user.pw_uid, user.pw_gid)
         with open(self.out, "ab") as out:
+            standin = (["--act-as-virt-handler", self.inst.paths.cmd_socket]
+                       if self.virt_handler else [])
             self.proc = subprocess.Popen(
-                [str(VENV_BIN / "virt-launcher-events"), "--socket", sock],
+                [str(VENV_BIN / "virt-launcher-events"), "--socket", sock, *standin],
                 stdout=out, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, **kwargs)
         wait_for(lambda: os.path.exists(sock), 10, what="notify receiver socket")
 
@@ -112,6 +118,10 @@ class Receiver:
 
     def domains(self) -> list[dict[str, Any]]:
         return [e for e in self.events() if e.get("kind") == "domain"]
+
+    def handler_calls(self) -> list[dict[str, Any]]:
+        """What the virt-handler stand-in called, with the launcher's answers."""
+        return [e for e in self.events() if e.get("kind") == "handler"]
 
     def last_domain(self) -> dict[str, Any] | None:
         doms = self.domains()
@@ -135,6 +145,22 @@ class Receiver:
             return last if last is not None and pred(last) else None
         found: dict[str, Any] = wait_for(match, timeout, interval=0.05, what=what)
         return found
+
+
+def ended(receiver: Receiver, timeout: float = 15) -> dict[str, Any]:
+    """The end of a domain's life as virt-handler must see it: the last snapshot says the
+    domain is gone (NonExistent with deletionTimestamp) and none before it said so; the
+    Shutoff snapshot before it (returned) carries the reason, without deletionTimestamp."""
+    receiver.wait_last(lambda e: status(e) == ("NoState", "NonExistent"), timeout,
+                       "the final snapshot: the domain deleted")
+    events = receiver.domains()
+    assert events[-1]["domain"]["ObjectMeta"].get("deletionTimestamp"), events[-1]
+    gone = [i for i, e in enumerate(events) if e["domain"]["ObjectMeta"].get("deletionTimestamp")]
+    assert all(status(events[i])[0] == "NoState" for i in gone), \
+        [status(events[i]) for i in gone]
+    stopped = [e for e in events[:gone[0]] if status(e)[0] == "Shutoff"]
+    assert stopped, [status(e) for e in events]
+    return stopped[-1]
 
 
 def status(event: dict[str, Any]) -> tuple[str, str]:

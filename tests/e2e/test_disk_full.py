@@ -26,7 +26,7 @@ import pytest
 from launcher._proto.kubevirt.cmd.v1 import cmd_pb2
 from launcher.exitcodes import ExitCode
 from tests.e2e.faults import Cmd, LogTail
-from tests.e2e.guest import BOOT_TO_AGENT_TIMEOUT_S, Receiver, status
+from tests.e2e.guest import BOOT_TO_AGENT_TIMEOUT_S, Receiver, ended, status
 from tests.e2e.harness import Instance, wait_for
 from tests.e2e.test_standalone import guest, stub, sync
 
@@ -118,11 +118,11 @@ def qemu_img_check(image: Path) -> str:
 
 def test_sync_into_a_full_ephemeral_disk_dir_then_a_guest_writing_into_a_full_overlay(
     mounts: Mounts, make_instance: Callable[..., Instance],
-    receiver_for: Callable[[Instance], Receiver],
+    receiver_for: Callable[..., Receiver],
 ) -> None:
     inst = make_instance(nonroot=False, extra_args=["--allow-emulation"])
     eph = mounts.tmpfs(Path(inst.paths.ephemeral_disk_dir))
-    receiver = receiver_for(inst)
+    receiver = receiver_for(inst, virt_handler=True)  # synced over gRPC: a cluster's pod
     doc = guest(inst)
     log = LogTail(inst)
     cmd = Cmd(inst)
@@ -198,8 +198,7 @@ def test_sync_into_a_full_ephemeral_disk_dir_then_a_guest_writing_into_a_full_ov
     assert inst.launcher().pid == launcher_pid
     inst.signal(signal.SIGTERM)
     assert inst.wait_exit(timeout=60) == 0, inst.tail()
-    final = receiver.last_domain()
-    assert final is not None and status(final) == ("Shutoff", "Shutdown"), final
+    assert status(ended(receiver)) == ("Shutoff", "Shutdown")
     assert log.count("started the launcher") == 1
     assert log.count("launcher running") == 1
     print(qemu_img_check(eph / OVERLAY).strip())

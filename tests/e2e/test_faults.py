@@ -45,13 +45,13 @@ from tests.e2e.faults import (
     snapshots_after,
     wait_fsfreeze,
 )
-from tests.e2e.guest import BOOT_TO_AGENT_TIMEOUT_S, Receiver, agent_state, status
+from tests.e2e.guest import BOOT_TO_AGENT_TIMEOUT_S, Receiver, agent_state, ended, status
 from tests.e2e.harness import Instance, wait_for
 from tests.e2e.test_standalone import guest
 
 pytestmark = pytest.mark.e2e
 
-GRACE_S = 20  # --grace-period-seconds; the monitor kills a hung launcher 15 s later
+GRACE_S = 20  # --grace-period-seconds
 EXIT_SLACK_S = 10  # a clean exit comes this long after the grace period at the latest
 UNFREEZE_TIMEOUT_S = 4  # the freeze's auto-thaw, so a lost thaw shows within the test
 AGENT_STOP_S = 6  # how long the guest agent stays SIGSTOPped
@@ -301,10 +301,7 @@ class Run:
             self.sigterm_at = time.monotonic()
             self.inst.signal(signal.SIGTERM)
         self.expect_exit(0)
-        final = self.receiver.wait_last(
-            lambda e: status(e)[0] == "Shutoff"
-            and bool(e["domain"]["ObjectMeta"].get("deletionTimestamp")), 15,
-            "final Shutoff snapshot with deletionTimestamp")
+        final = ended(self.receiver)
         self.notes["final"] = "/".join(status(final))
         assert status(final) == ("Shutoff", "Shutdown"), final
         assert not self.log.count("grace period expired; destroying the domain")
@@ -330,10 +327,7 @@ class Run:
     def check_qemu_killed(self) -> None:
         self.expect_exit(0)
         assert self.log.count("QEMU exited") == 1
-        final = self.receiver.wait_last(
-            lambda e: status(e)[0] == "Shutoff"
-            and bool(e["domain"]["ObjectMeta"].get("deletionTimestamp")), 15,
-            "final Shutoff snapshot")
+        final = ended(self.receiver)
         self.notes["final"] = "/".join(status(final))
         if self.case.moment == "shutdown":
             assert status(final)[1] in ("Shutdown", "Crashed"), final

@@ -27,6 +27,7 @@ from tests.e2e.guest import (
     Receiver,
     agent_state,
     define_and_start,
+    ended,
     status,
 )
 from tests.e2e.harness import Instance, wait_for
@@ -103,11 +104,11 @@ def test_a_pid1_without_handlers_ignores_sigterm() -> None:
 
 
 def test_sigterm_from_outside_shuts_down_in_order_after_reaping_orphans(
-    make_instance: Callable[..., Instance], receiver_for: Callable[[Instance], Receiver]
+    make_instance: Callable[..., Instance], receiver_for: Callable[..., Receiver]
 ) -> None:
     inst = make_instance(nonroot=False, wrapper=UNSHARE,
                          extra_args=["--grace-period-seconds", "60"])
-    receiver = receiver_for(inst)
+    receiver = receiver_for(inst, virt_handler=True)  # deletes the stopped domain
     pid1 = start_pid1(inst)
     define_and_start(inst)
     receiver.wait_domain(
@@ -157,8 +158,7 @@ def test_sigterm_from_outside_shuts_down_in_order_after_reaping_orphans(
     console = (inst.root / "console.log").read_text(errors="replace")
     assert "PVL: ACPI power button, powering off" in console, console[-2000:]
     assert "Requesting system poweroff" in console, console[-2000:]
-    final = receiver.last_domain()
-    assert final is not None and status(final) == ("Shutoff", "Shutdown"), final
+    assert status(ended(receiver)) == ("Shutoff", "Shutdown")
     # libvirtd and virtlogd were stopped by the launcher's ladder and exited on SIGTERM.
     stopped = {r.get("daemon") for r in inst.logged("stopping daemon")}
     assert {"libvirtd", "virtlogd"} <= stopped, stopped
@@ -210,10 +210,10 @@ def test_launcher_sigkilled_inside_pid1_qemu_and_daemons_are_stopped_exit_137(
 
 
 def test_qemu_sigkilled_under_pid1_is_reaped_and_the_exit_code_passes_through(
-    make_instance: Callable[..., Instance], receiver_for: Callable[[Instance], Receiver]
+    make_instance: Callable[..., Instance], receiver_for: Callable[..., Receiver]
 ) -> None:
     inst = make_instance(nonroot=False, wrapper=UNSHARE)
-    receiver = receiver_for(inst)
+    receiver = receiver_for(inst, virt_handler=True)  # deletes the stopped domain
     pid1 = start_pid1(inst)
     define_and_start(inst)
     receiver.wait_domain(lambda e: status(e)[0] == "Running", 60, "Running snapshot")

@@ -408,10 +408,15 @@ def test_paused_domain_where_running_is_needed() -> None:
             assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
             assert err.value.details() == (f"Exec: domain {r.domain} is Paused; the guest "
                                            "agent can only run commands in a running guest")
-            # KubeVirt: a healthy paused VM's silent agent is not a probe failure
-            resp = await r.call("GuestPing", cmd_pb2.GuestPingRequest(domainName=r.domain,
-                                                                      timeoutSeconds=1))
-            assert resp.response.success is True
+            # As KubeVirt: the ping goes to libvirt, which refuses an agent command for a
+            # paused domain (the QEMU driver's "domain is not running": tests/e2e); the
+            # guest-agent readiness probe relies on that failure.
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await r.call("GuestPing", cmd_pb2.GuestPingRequest(domainName=r.domain,
+                                                                   timeoutSeconds=1))
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert err.value.details().startswith("GuestPing: libvirt error"), \
+                err.value.details()
             assert await r.state() == State.PAUSED
 
     run(scenario())
