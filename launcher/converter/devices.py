@@ -57,8 +57,8 @@ from dataclasses import dataclass, field
 
 from launcher.converter import storage
 from launcher.converter.context import Context
+from launcher.converter.cpu import cpu_topology
 from launcher.converter.errors import ConversionError
-from launcher.converter.machine import cpu_topology
 from launcher.converter.spec import Node, join
 
 UINT32_MAX = 2**32 - 1

@@ -72,7 +72,7 @@ import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
-from launcher.converter import machine
+from launcher.converter import cpu
 from launcher.converter.context import Context
 from launcher.converter.options import DiskInfo
 from launcher.converter.plan import (
@@ -471,7 +471,7 @@ def _iothread_ids(ctx: Context, disks: list[Node], targets: list[_Target]) -> di
     if ctx.domain_spec.str("ioThreadsPolicy") in (None, "") and not any(dedicated):
         return {}
     virtio = [i for i, target in enumerate(targets) if target.bus == "virtio"]
-    ids = machine.iothreads(ctx).assign([dedicated[i] for i in virtio])
+    ids = cpu.iothreads(ctx).assign([dedicated[i] for i in virtio])
     return dict(zip(virtio, ids, strict=True))
 
 
@@ -479,7 +479,7 @@ def _block_queues(ctx: Context) -> int | None:
     """blockMultiQueue: one virtio-blk queue per vCPU of the domain."""
     if not ctx.devices.bool("blockMultiQueue", False):
         return None
-    return machine.cpu_topology(ctx).vcpus
+    return cpu.cpu_topology(ctx).vcpus
 
 
 # --- the data side --------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from launcher.converter import ConversionError, ConvertOptions, SMBios, convert
-from launcher.converter.machine import IOThreads
+from launcher.converter.cpu import IOThreads
 from launcher.converter.plan import ExistingFile
 from launcher.domain_json import kubevirt_metadata
 from tests.unit.converter import support
@@ -505,14 +505,15 @@ def test_clock(clock: dict[str, Any] | None, expected: dict[str, str]) -> None:
 
 
 def test_timers() -> None:
-    timer = {"hpet": {"enabled": False}, "pit": {"tickPolicy": "delay"},
-             "rtc": {"tickPolicy": "catchup", "track": "guest"}, "kvm": {},
-             "hyperv": {"enabled": True}}
+    # KubeVirt's JSON key is "present" (what its Windows examples set for hpet).
+    timer = {"hpet": {"present": False}, "pit": {"tickPolicy": "delay"},
+             "rtc": {"tickPolicy": "catchup", "track": "guest"}, "kvm": {"present": False},
+             "hyperv": {"present": True}}
     root = support.tree(support.vmi(clock={"utc": {}, "timer": timer}))
     assert [t.attrib for t in root.iterfind("clock/timer")] == [
         {"name": "rtc", "present": "yes", "tickpolicy": "catchup", "track": "guest"},
         {"name": "pit", "present": "yes", "tickpolicy": "delay"},
-        {"name": "kvmclock", "present": "yes"},
+        {"name": "kvmclock", "present": "no"},
         {"name": "hpet", "present": "no"},
         {"name": "hypervclock", "present": "yes"}]
 
