@@ -14,6 +14,10 @@ iothreads (KubeVirt's converter: compute/cpu.go, vcpu/, iothreads/).
 - iothreads: KubeVirt 1.2's count (the version seed 001 ran): a pool of 1 (shared, the
   default) or 2 x CPU request (auto), shared by the disks without dedicatedIOThread, plus
   one per dedicated disk. IOThreads.assign gives the disks their ids.
+- maxSockets (vCPU hotplug, x86_64): <vcpu current> and <vcpus> as KubeVirt writes
+  them, the topology's sockets = maxSockets; realtime: PMU off (features); dedicated CPUs
+  on x86_64: <kvm><hint-dedicated state='on'/> (features).
+- Refused: numa.guestMappingPassthrough (needs the host's NUMA topology).
 - Emulation (TCG): host-model and host-passthrough become <cpu mode='maximum'/>; see
   _cpu_mode.
 """
@@ -26,9 +30,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import ROUND_CEILING
 
+from launcher.converter import memory
 from launcher.converter.context import Context
 from launcher.converter.spec import Node
-from launcher.converter.xmlutil import is_arm, is_x86, q, sub, text
+from launcher.converter.xmlutil import is_arm, is_x86, q, sub, text, yes_no
 
 MAX_VCPUS = 4096
 HOST_MODEL = "host-model"
@@ -37,6 +42,7 @@ CPU_POLICIES = ("force", "require", "optional", "disable", "forbid")
 IOTHREAD_POLICIES = ("shared", "auto")
 _CPU_MODEL_RE = re.compile(r"[A-Za-z0-9_.+-]+")
 _CPU_FEATURE_RE = re.compile(r"[A-Za-z0-9_.-]+")  # libvirt's featureName
+_MASK_RE = re.compile(r"[0-9,^ -]+")  # libvirt's cpuset syntax
 
 
 @dataclass(frozen=True)
@@ -146,7 +152,72 @@ def _iothread_pins(count: int, vcpu_cpus: Sequence[int],
     return pins
 
 
+def max_sockets(ctx: Context, topology: Topology) -> int | None:
+    """spec.domain.cpu.maxSockets (vCPU hotplug): the sockets the domain can grow to, None
+    when unset (0) or not x86_64 (KubeVirt's SupportCPUHotplug is amd64 only)."""
+    cpu = ctx.domain_spec.obj("cpu")
+    value = cpu.int("maxSockets", 0, minimum=0, maximum=MAX_VCPUS) or 0
+    if not value or not is_x86(ctx):
+        return None
+    if value < topology.sockets:
+        cpu.fail(f"must not be less than the sockets ({topology.sockets})", "maxSockets")
+    if value * topology.cores * topology.threads > MAX_VCPUS:
+        cpu.fail(f"{value} sockets x {topology.cores} cores x {topology.threads} threads is "
+                 f"more than {MAX_VCPUS} vCPUs", "maxSockets")
+    return value
+
+
+def total_vcpus(ctx: Context, topology: Topology) -> int:
+    """The domain's vCPU count including hotpluggable ones (the <vcpu> value)."""
+    sockets = max_sockets(ctx, topology)
+    return topology.vcpus if sockets is None else sockets * topology.cores * topology.threads
+
+
+def build_vcpus(ctx: Context, dom: ET.Element, topology: Topology) -> None:
+    """<vcpu>, and with maxSockets KubeVirt's <vcpus>: the first sockets' vCPUs enabled,
+    the first socket's not hotpluggable (it cannot be unplugged), the rest hotpluggable."""
+    total = total_vcpus(ctx, topology)
+    vcpu = sub(dom, "vcpu", str(total), placement="static")
+    if max_sockets(ctx, topology) is None:
+        return
+    vcpu.set("current", str(topology.vcpus))
+    fixed = topology.cores * topology.threads
+    vcpus = sub(dom, "vcpus")
+    for index in range(total):
+        sub(vcpus, "vcpu", id=str(index), enabled=yes_no(index < topology.vcpus),
+            hotpluggable=yes_no(index >= fixed))
+
+
+def realtime(ctx: Context) -> bool:
+    """spec.domain.cpu.realtime: needs dedicated CPUs (virt-api's rule). KubeVirt's launcher
+    only turns the PMU off for it; the vCPU threads' real-time scheduling is set by
+    virt-handler, outside the launcher."""
+    cpu = ctx.domain_spec.obj("cpu")
+    node = cpu.obj("realtime")
+    if not node.present:
+        return False
+    if not cpu.bool("dedicatedCpuPlacement", False):
+        cpu.fail("requires dedicatedCpuPlacement: true", "realtime")
+    text(node, "mask", _MASK_RE, "a libvirt vCPU set such as 0-3,^1")
+    return True
+
+
+def dedicated_cpus(ctx: Context) -> bool:
+    return _dedicated(ctx)[0]
+
+
+def _refuse_numa(ctx: Context) -> None:
+    numa = ctx.domain_spec.obj("cpu").obj("numa")
+    if numa.has("guestMappingPassthrough"):
+        numa.fail("not supported by this launcher: it needs the host's NUMA topology "
+                  "(virt-handler's node topology), which a pure conversion does not have",
+                  "guestMappingPassthrough")
+
+
 def cputune(ctx: Context, dom: ET.Element, topology: Topology, threads: IOThreads) -> None:
+    """Pinning for dedicatedCpuPlacement. With vCPU hotplug only the enabled vCPUs are
+    pinned: the pod owns exactly as many CPUs as the VMI requests."""
+    _refuse_numa(ctx)
     dedicated, isolate = _dedicated(ctx)
     if not dedicated:
         return
@@ -194,11 +265,13 @@ def build_cpu(ctx: Context, dom: ET.Element, topology: Topology) -> None:
         sub(el, "model", model, fallback="allow")
     else:
         el.set("mode", _cpu_mode(ctx, model))
-    sub(el, "topology", sockets=str(topology.sockets), dies="1",
-         cores=str(topology.cores), threads=str(topology.threads))
+    sockets = max_sockets(ctx, topology) or topology.sockets
+    sub(el, "topology", sockets=str(sockets), dies="1",
+        cores=str(topology.cores), threads=str(topology.threads))
     named = _cpu_features(cpu, el)
     if custom and is_x86(ctx) and "mpx" not in named:
         sub(el, "feature", policy="disable", name="mpx")
+    memory.numa_cell(ctx, el, total_vcpus(ctx, topology))
 
 
 def _cpu_features(cpu: Node, el: ET.Element) -> set[str]:

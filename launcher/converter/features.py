@@ -3,7 +3,10 @@ the guest clock and its timers (KubeVirt's converter: compute/hypervisor_feature
 compute/clock.go).
 
 - Features: ACPI unless disabled; apic, smm, Hyper-V enlightenments, kvm hidden and
-  pvspinlock only when asked.
+  pvspinlock only when asked; <kvm><hint-dedicated state='on'/> with dedicated CPUs on
+  x86_64; <pmu state='off'/> for realtime; <vmport state='off'/> on every x86_64 domain
+  (KubeVirt HEAD; KubeVirt 1.2, seed 001, had none).
+- Refused: Hyper-V tlbflush direct / extended turned on (libvirt 9 has no element).
 - Clock: utc (adjustment from offsetSeconds, else reset) or timezone; timers rtc, pit,
   kvmclock, hpet, hypervclock.
 """
@@ -13,9 +16,10 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 
+from launcher.converter import cpu
 from launcher.converter.context import Context
 from launcher.converter.spec import Node
-from launcher.converter.xmlutil import INT64, UINT32, on_off, sub, text, yes_no
+from launcher.converter.xmlutil import INT64, UINT32, is_x86, on_off, sub, text, yes_no
 
 HYPERV_FLAGS = ("relaxed", "vapic", "vpindex", "runtime", "synic", "reset", "frequencies",
                 "reenlightenment", "tlbflush", "ipi", "evmcs")
@@ -47,13 +51,26 @@ def build_features(ctx: Context, dom: ET.Element, *, secure_boot: bool) -> None:
         sub(el, "apic")
     _hyperv(features, el)
     kvm = features.obj("kvm")
-    if kvm.present:
-        sub(sub(el, "kvm"), "hidden", state=on_off(kvm.bool("hidden", False)))
+    # Not under TCG: the hint is a KVM paravirtual CPUID bit, meaningless in emulation.
+    hint = cpu.dedicated_cpus(ctx) and is_x86(ctx) and not ctx.opts.emulation
+    if kvm.present or hint:
+        kvm_el = sub(el, "kvm")
+        if kvm.present:
+            sub(kvm_el, "hidden", state=on_off(kvm.bool("hidden", False)))
+        if hint:
+            # KubeVirt: dedicated CPUs on x86_64 tell the guest its vCPUs never share a
+            # host CPU (KVM_HINTS_REALTIME).
+            sub(kvm_el, "hint-dedicated", state="on")
     pvspinlock = features.obj("pvspinlock")
     if pvspinlock.present:
         sub(el, "pvspinlock", state=on_off(pvspinlock.bool("enabled", True)))
     if _smm(features, secure_boot=secure_boot):
         sub(el, "smm", state="on")
+    if cpu.realtime(ctx):
+        sub(el, "pmu", state="off")  # KubeVirt's realtime setting
+    if is_x86(ctx):
+        # KubeVirt (HEAD) turns the VMware I/O port off on every x86 domain.
+        sub(el, "vmport", state="off")
     if len(el) == 0:
         dom.remove(el)
 
@@ -82,9 +99,21 @@ def _hyperv(features: Node, parent: ET.Element) -> None:
         node = hyperv.obj(key)
         if node.present:
             sub(el, key, state=on_off(node.bool("enabled", True)))
+    _tlbflush_extras(hyperv.obj("tlbflush"))
     _spinlocks(hyperv.obj("spinlocks"), el)
     _stimer(hyperv.obj("synictimer"), el)
     _vendor_id(hyperv.obj("vendorid"), el)
+
+
+def _tlbflush_extras(node: Node) -> None:
+    """KubeVirt writes <tlbflush><direct/><extended/></tlbflush>; libvirt 9 has neither
+    child (QEMU's hv-tlbflush-direct / -ext), so asking for one is refused. Off is what
+    QEMU does without them, so `enabled: false` is honoured by leaving them out."""
+    for key in ("direct", "extended"):
+        child = node.obj(key)
+        if child.present and child.bool("enabled", True):
+            node.fail(f"Hyper-V TLB flush {key} is not supported by this launcher "
+                      "(libvirt 9 cannot express it)", key)
 
 
 def _spinlocks(node: Node, hyperv: ET.Element) -> None:

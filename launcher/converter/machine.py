@@ -3,8 +3,6 @@ their pinning, iothreads, SMBIOS, firmware and boot, hypervisor features, the gu
 the clock and the lifecycle actions.
 
 Matched KubeVirt behaviour (pkg/virt-launcher/virtwrap/converter: converter.go, compute/)
-- Memory: spec.domain.memory.guest, else resources.requests.memory, else
-  resources.limits.memory, in bytes (<memory unit='b'>).
 - SMBIOS system entries from virt-handler's SMBios options plus uuid and
   firmware.serial; spec.domain.chassis; <smbios mode='sysinfo'/> on x86_64.
 - Firmware: bios (useSerial), efi (OVMF_CODE[.secboot].fd under --ovmf-path, secure boot
@@ -14,8 +12,12 @@ Matched KubeVirt behaviour (pkg/virt-launcher/virtwrap/converter: converter.go, 
   artifacts there).
 - Metadata: <kubevirt xmlns='http://kubevirt.io'> with the VMI uid and the grace period
   (terminationGracePeriodSeconds, default 30), as KubeVirt's manager adds it.
-- vCPUs and the guest CPU: launcher.converter.cpu; features and the clock:
-  launcher.converter.features.
+- rebootPolicy (Terminate: <on_reboot>destroy), startStrategy Paused (a 10 s boot menu),
+  firmware.acpi (a SLIC table from a secret volume, <private>/secret/<volume>/slic.bin).
+- Memory: launcher.converter.memory; vCPUs and the guest CPU: launcher.converter.cpu;
+  features and the clock: launcher.converter.features.
+- Refused naming the field: launchSecurity (SEV/SNP/TDX hardware), firmware.acpi
+  msdmNameRef (libvirt 9 has only SLIC tables).
 
 Deliberate differences
 - The domain UUID is always set (KubeVirt leaves it to libvirt, which takes the SMBIOS
@@ -23,8 +25,6 @@ Deliberate differences
   for the VMI's life, which is the domain's); else uuid5 under KubeVirt's firmware UUID
   namespace of the uid, or of the VMI name when there is no uid, which is exactly the
   firmware UUID KubeVirt's VM controller assigns a VM of that name.
-- Hugepages carry their page size (<page size unit='KiB'/>) instead of KubeVirt's bare
-  <hugepages/> plus memfd backing and a NUMA cell.
 - NVRAM lives under the private dir (<private>/libvirt/qemu/nvram, KubeVirt's non-root
   location) so it follows the runtime root; persistent EFI (backend storage) is refused.
 - Names KubeVirt would pass through unchecked (CPU model and features, machine type,
@@ -40,17 +40,16 @@ import uuid as uuidlib
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 
-from launcher.converter import cpu, features
+from launcher.converter import cpu, features, memory
 from launcher.converter.context import Context
 from launcher.converter.errors import ConversionError
 from launcher.converter.plan import ExistingFile
-from launcher.converter.spec import Node
+from launcher.converter.spec import DNS1123_LABEL, Node
 from launcher.converter.xmlutil import (
     INT64,
     ONE_LINE,
     XML_CHARS,
     arch,
-    human,
     is_arm,
     is_x86,
     q,
@@ -66,14 +65,14 @@ ET.register_namespace("kubevirt", KUBEVIRT_NS)
 # KubeVirt's firmwareUUIDns (virt-controller): firmware UUID = uuid5(this, VM name).
 FIRMWARE_UUID_NAMESPACE = uuidlib.UUID("6a1a24a1-4061-4607-8bf4-a3963d0c5895")
 DEFAULT_GRACE_PERIOD = 30  # KubeVirt's v1.DefaultGracePeriodSeconds
-MIN_MEMORY = 2**20
-MAX_MEMORY = 2**50  # 1Pi: far above any host, far below libvirt's unsigned long long KiB
 KERNEL_BOOT_DIR = "kernel-boot"  # KubeVirt's containerdisk.KernelBootName
 KERNEL_BOOT_VOLUME = "kernel-boot"
 DEFAULT_MACHINE = {"x86_64": "q35", "aarch64": "virt", "s390x": "s390-ccw-virtio",
                    "ppc64le": "pseries"}
-HUGEPAGE_SIZES = {"x86_64": (2 * 2**20, 2**30),
-                  "aarch64": (64 * 2**10, 2 * 2**20, 32 * 2**20, 2**30)}
+REBOOT_POLICIES = {"Reboot": "restart", "Terminate": "destroy"}
+START_STRATEGIES = ("Paused",)
+BOOT_MENU_TIMEOUT_MS = "10000"  # KubeVirt's bootMenuTimeoutMS with startStrategy Paused
+SECRET_SOURCE_DIR = "secret"  # <private>/secret/<volume>: KubeVirt's config.SecretSourceDir
 _UUID_RE = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}|[0-9a-fA-F]{32}")
 _MACHINE_RE = re.compile(r"[A-Za-z0-9_.+-]+")
 
@@ -87,9 +86,10 @@ def build(ctx: Context, dom: ET.Element) -> str:
     sub(dom, "name", ctx.domain_name)
     sub(dom, "uuid", uuid)
     _metadata(ctx, dom)
-    _memory(ctx, dom)
+    _refuse_launch_security(ctx)
+    memory.build(ctx, dom)
     topology = cpu.cpu_topology(ctx)
-    sub(dom, "vcpu", str(topology.vcpus), placement="static")
+    cpu.build_vcpus(ctx, dom, topology)
     threads = cpu.iothreads(ctx)
     if threads.count:
         sub(dom, "iothreads", str(threads.count))
@@ -100,9 +100,32 @@ def build(ctx: Context, dom: ET.Element) -> str:
     cpu.build_cpu(ctx, dom, topology)
     features.build_clock(ctx, dom)
     sub(dom, "on_poweroff", "destroy")
-    sub(dom, "on_reboot", "restart")
+    sub(dom, "on_reboot", _on_reboot(ctx))
     sub(dom, "on_crash", "destroy")
     return uuid
+
+
+def _on_reboot(ctx: Context) -> str:
+    """spec.domain.rebootPolicy (KubeVirt's RebootPolicyDomainConfigurator): Terminate
+    destroys the domain when the guest reboots, so QEMU exits and the launcher ends the VM
+    as it does for any QEMU exit; unset or Reboot restarts the guest."""
+    policy = ctx.domain_spec.str("rebootPolicy")
+    if not policy:
+        return "restart"
+    ctx.domain_spec.str("rebootPolicy", choices=REBOOT_POLICIES)
+    return REBOOT_POLICIES[policy]
+
+
+def _refuse_launch_security(ctx: Context) -> None:
+    """SEV, SEV-SNP and TDX need the host's memory encryption firmware and a launch
+    measurement exchange with virt-handler: neither exists here."""
+    launch = ctx.domain_spec.obj("launchSecurity")
+    if launch.present:
+        kinds = [key for key in ("sev", "snp", "tdx") if launch.has(key)] or ["launchSecurity"]
+        ctx.domain_spec.fail(f"confidential computing ({', '.join(kinds)}) is not supported "
+                             "by this launcher: it needs AMD SEV/SNP or Intel TDX hardware "
+                             "and the launch measurement flow, which these hosts lack",
+                             "launchSecurity")
 
 
 # --- identity -------------------------------------------------------------------------------
@@ -139,48 +162,6 @@ def _metadata(ctx: Context, dom: ET.Element) -> None:
     sub(kubevirt, f"{{{KUBEVIRT_NS}}}uid", ctx.uid)
     grace = sub(kubevirt, f"{{{KUBEVIRT_NS}}}graceperiod")
     sub(grace, f"{{{KUBEVIRT_NS}}}deletionGracePeriodSeconds", str(grace_period_seconds(ctx)))
-
-
-# --- memory ---------------------------------------------------------------------------------
-def guest_memory(ctx: Context) -> tuple[int, str]:
-    """The guest's memory in bytes and the field it came from."""
-    resources = ctx.domain_spec.obj("resources")
-    sources = ((ctx.domain_spec.obj("memory"), "guest"),
-               (resources.obj("requests"), "memory"), (resources.obj("limits"), "memory"))
-    for node, key in sources:
-        size = node.byte_size(key)
-        if size is None:
-            continue
-        if size < MIN_MEMORY:
-            node.fail(f"{q(node.child(key).value)} is too little memory (at least 1Mi)", key)
-        if size > MAX_MEMORY:
-            node.fail(f"{q(node.child(key).value)} is more memory than supported (at most "
-                      f"1Pi)", key)
-        return size, node.child(key).path
-    resources.obj("requests").fail("required: the guest's memory (or set "
-                                   "spec.domain.memory.guest)", "memory")
-
-
-def _memory(ctx: Context, dom: ET.Element) -> None:
-    size, source = guest_memory(ctx)
-    sub(dom, "memory", str(size), unit="b")
-    sub(dom, "currentMemory", str(size), unit="b")
-    hugepages = ctx.domain_spec.obj("memory").obj("hugepages")
-    if not hugepages.present:
-        return
-    page = hugepages.byte_size("pageSize", required=True)
-    assert page is not None
-    allowed = HUGEPAGE_SIZES.get(arch(ctx), HUGEPAGE_SIZES["x86_64"])
-    if page not in allowed:
-        hugepages.fail(f"{q(hugepages.child('pageSize').value)} is not supported on "
-                       f"{arch(ctx)} (expected one of: "
-                       f"{', '.join(human(p) for p in allowed)})", "pageSize")
-    if size % page:
-        hugepages.fail(f"the guest memory ({source} = {human(size)}) is not a multiple of "
-                       f"the page size {human(page)}", "pageSize")
-    backing = sub(sub(dom, "memoryBacking"), "hugepages")
-    sub(backing, "page", size=str(page // 1024), unit="KiB")
-
 
 
 # --- SMBIOS ---------------------------------------------------------------------------------
@@ -244,9 +225,53 @@ def _os(ctx: Context, dom: ET.Element) -> bool:
     sub(os_el, "type", "hvm", arch=arch(ctx), machine=machine_type(ctx))
     secure_boot = _bootloader(ctx, os_el)
     _kernel_boot(ctx, os_el)
+    _acpi_tables(ctx, os_el)
+    _boot_menu(ctx, os_el)
     if is_x86(ctx):
         sub(os_el, "smbios", mode="sysinfo")
     return secure_boot
+
+
+def _boot_menu(ctx: Context, os_el: ET.Element) -> None:
+    """KubeVirt gives a VMI started paused a boot menu (10 s) to reach the firmware."""
+    strategy = ctx.spec.str("startStrategy")
+    if not strategy:
+        return
+    ctx.spec.str("startStrategy", choices=START_STRATEGIES)
+    sub(os_el, "bootmenu", enable="yes", timeout=BOOT_MENU_TIMEOUT_MS)
+
+
+def acpi_table_volumes(ctx: Context) -> set[str]:
+    """The secret volumes spec.domain.firmware.acpi names (they need no disk)."""
+    acpi = ctx.domain_spec.obj("firmware").obj("acpi")
+    return {name for key in ("slicNameRef", "msdmNameRef") if (name := acpi.str(key))}
+
+
+def _acpi_tables(ctx: Context, os_el: ET.Element) -> None:
+    """spec.domain.firmware.acpi (KubeVirt's configureACPI): each table is <name>.bin in
+    the secret volume it names, mounted at <private>/secret/<volume>."""
+    acpi = ctx.domain_spec.obj("firmware").obj("acpi")
+    if not acpi.present:
+        return
+    slic, msdm = acpi.str("slicNameRef"), acpi.str("msdmNameRef")
+    if not slic and not msdm:
+        acpi.fail("no ACPI tables were set, expecting at least one (slicNameRef or "
+                  "msdmNameRef)")
+    if msdm:
+        acpi.fail("the MSDM table is not supported by this launcher (libvirt 9 knows only "
+                  "SLIC tables)", "msdmNameRef")
+    assert slic is not None
+    if DNS1123_LABEL.fullmatch(slic) is None:
+        acpi.fail(f"{q(slic)} is not a volume name (a DNS-1123 label)", "slicNameRef")
+    volumes = {v.str("name"): v for v in ctx.spec.items("volumes")}
+    volume = volumes.get(slic)
+    if volume is None:
+        acpi.fail(f"no volume named {q(slic)} in spec.volumes", "slicNameRef")
+    if not volume.has("secret"):
+        acpi.fail(f"volume {q(slic)} must be a secret volume", "slicNameRef")
+    path = os.path.join(ctx.opts.private_dir, SECRET_SOURCE_DIR, slic, "slic.bin")
+    sub(sub(os_el, "acpi"), "table", path, type="slic")
+    ctx.preps.append(ExistingFile(volume=slic, path=path))
 
 
 def _bootloader(ctx: Context, os_el: ET.Element) -> bool:

@@ -53,6 +53,10 @@ def join(path: str, key: Key) -> str:
     return f"{path}.{key}" if path else key
 
 
+# Kubernetes' DNS-1123 label: what virt-api requires of disk and volume names. Every name
+# that becomes part of a path is one of these: no "/" and no "..".
+DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
 # Kubernetes resource.Quantity suffixes (binary SI, decimal SI). "m" (milli) is allowed by
 # Kubernetes for any quantity; for byte sizes we require the result to be whole bytes.
 _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}

@@ -68,7 +68,10 @@ def test_no_options_means_defaults_with_the_launchers_dirs() -> None:
         private_dir="/tmp/pvl-u/var/run/kubevirt-private",
         ephemeral_disk_dir="/tmp/pvl-u/var/run/kubevirt-ephemeral-disks",
         container_disk_dir="/tmp/pvl-u/var/run/kubevirt/container-disks",
-        hotplug_disk_dir="/tmp/pvl-u/var/run/kubevirt/hotplug-disks")
+        hotplug_disk_dir="/tmp/pvl-u/var/run/kubevirt/hotplug-disks",
+        # block-mode PVCs and the service account token, re-rooted like every path
+        block_device_dir="/tmp/pvl-u/dev",
+        service_account_dir="/tmp/pvl-u/var/run/secrets/kubernetes.io/serviceaccount")
     assert got.mem_balloon_stats_period == 10
     assert got.smbios == SMBios()
     assert got.dedicated_cpus == ()
