@@ -52,6 +52,7 @@ from launcher.converter import (
     DiskInfo,
     SMBios,
     convert,
+    defaults,
 )
 from launcher.converter.plan import Prep
 from launcher.flags import Options
@@ -290,9 +291,11 @@ def _load_yaml(text: str) -> Any:
         raise StandaloneError(f"{STANDALONE_ENV}: invalid YAML: {exc}") from None
 
 
-def parse_standalone(text: str) -> dict[str, Any]:
+def parse_standalone(text: str, arch: str | None = None) -> dict[str, Any]:
     """The VMI in STANDALONE_VMI: JSON, else YAML (KubeVirt reads it with a YAML decoder,
-    which takes both). Raises StandaloneError naming what is wrong."""
+    which takes both), with KubeVirt's admission defaults applied (launcher.converter.
+    defaults: in a cluster the webhook did that; a VMI of SyncVirtualMachine is not
+    re-defaulted). Raises StandaloneError naming what is wrong."""
     if not text.strip():
         raise StandaloneError(f"{STANDALONE_ENV}: is set but empty")
     try:
@@ -317,7 +320,8 @@ def parse_standalone(text: str) -> dict[str, Any]:
         _check_json_shaped(doc, "")
     except RecursionError:
         raise StandaloneError(f"{STANDALONE_ENV}: nested too deeply") from None
-    return doc
+    defaulted: dict[str, Any] = defaults.apply(doc, arch or os.uname().machine)
+    return defaulted
 
 
 def _meta_string(doc: Mapping[str, Any], key: str, *, required: bool) -> str:
