@@ -63,8 +63,10 @@ def test_hyperv_dependencies() -> None:
 
 
 def test_malformed_input_is_left_for_the_converter() -> None:
-    for doc in ([], {"spec": []}, {"spec": {"domain": 3}},
-                {"spec": {"domain": {"devices": {"disks": "x"}}, "volumes": [{"name": 1}]}}):
+    docs: list[Any] = [[], {"spec": []}, {"spec": {"domain": 3}},
+                       {"spec": {"domain": {"devices": {"disks": "x"}},
+                                 "volumes": [{"name": 1}]}}]
+    for doc in docs:
         original: Any = copy.deepcopy(doc)
         defaults.apply(doc, "x86_64")
         assert doc == original
