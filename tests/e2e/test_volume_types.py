@@ -1,9 +1,10 @@
 """The volume types clusters use, end to end: a STANDALONE_VMI (KubeVirt's webhook
 defaults applied) with configMap, secret, downwardAPI, serviceAccount and sysprep ISOs,
-cloud-init user data from a secret (userDataSecretRef), a block-mode PVC (a loop device the test attaches, its node at
-<root>/dev/<volume> as the pod would have it) and an ephemeral PVC (a qcow2 overlay on the
-claim's image). The guest boots and reads each one back through the guest agent (Exec):
-the ISO labels are KubeVirt's, and each disk holds the bytes the test put in its source."""
+cloud-init user data from a secret (userDataSecretRef), a block-mode PVC (a loop device
+the test attaches, its node at <root>/dev/<volume> as the pod would have it) and an
+ephemeral PVC (a qcow2 overlay on the claim's image). The guest boots and reads each one
+back through the guest agent (Exec): the ISO labels are KubeVirt's, and each disk holds
+the bytes the test put in its source."""
 
 from __future__ import annotations
 
