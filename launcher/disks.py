@@ -39,40 +39,34 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import io
 import json
 import os
 import stat
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
+from launcher import isos
 from launcher.converter.plan import (
     CloudInitIso,
+    ConfigIso,
     ContainerDiskOverlay,
     EmptyDisk,
     ExistingFile,
     FileDisk,
     Prep,
 )
+from launcher.disk_error import DiskError
+
+__all__ = ["DiskError", "block_volumes", "prepare", "prepare_isolated"]
 
 DIR_MODE = 0o750
 FILE_MODE = 0o640
 QEMU_IMG_TIMEOUT_S = 120
 BACKING_FORMATS = ("raw", "qcow2")
-NO_CLOUD_LABEL = "cidata"
-CONFIG_DRIVE_LABEL = "config-2"
-
-
-class DiskError(Exception):
-    """A disk the domain needs could not be prepared."""
-
-    def __init__(self, volume: str, message: str) -> None:
-        self.volume = volume
-        self.message = message
-        super().__init__(f'volume "{volume}": {message}')
-
+UNATTEND_FILES = ("autounattend.xml", "unattend.xml")  # KubeVirt's sysprep check
 
 Owner = tuple[int, int]
 
@@ -85,8 +79,8 @@ def prepare(preps: Sequence[Prep], *, owner: Owner | None = None,
     if confine:  # all of them first: nothing is written when one path escapes
         for prep in preps:
             _confined(prep.volume, prep.path, confine)
-            if isinstance(prep, ContainerDiskOverlay):
-                _confined(prep.volume, prep.backing, confine)
+            for read in _reads(prep):
+                _confined(prep.volume, read, confine)
     for prep in preps:
         match prep:
             case ContainerDiskOverlay():
@@ -97,8 +91,45 @@ def prepare(preps: Sequence[Prep], *, owner: Owner | None = None,
                 _empty_disk(prep, owner)
             case CloudInitIso():
                 _cloud_init_iso(prep, owner)
+            case ConfigIso():
+                _config_iso(prep, owner)
             case ExistingFile():
                 _existing(prep.volume, prep.path)
+
+
+def _reads(prep: Prep) -> tuple[str, ...]:
+    """What a preparation reads besides its own path (confined like it)."""
+    if isinstance(prep, ContainerDiskOverlay):
+        return (prep.backing,)
+    if isinstance(prep, ConfigIso):
+        return (prep.source_dir,)
+    if isinstance(prep, CloudInitIso):
+        return prep.user_data_files + prep.network_data_files
+    return ()
+
+
+def block_volumes(vmi: Any, block_dir: str) -> frozenset[str]:
+    """The PVC / DataVolume / ephemeral volumes of `vmi` whose <block_dir>/<volume> is a
+    block device: KubeVirt's isBlockDeviceVolume, the probe the converter takes as input
+    (it stays pure). Anything malformed is skipped: the converter reports it."""
+    spec = vmi.get("spec") if isinstance(vmi, dict) else None
+    volumes = spec.get("volumes") if isinstance(spec, dict) else None
+    found = set()
+    for volume in volumes if isinstance(volumes, list) else ():
+        if not isinstance(volume, dict) or not any(
+                isinstance(volume.get(key), dict)
+                for key in ("persistentVolumeClaim", "dataVolume", "ephemeral")):
+            continue
+        name = volume.get("name")
+        if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
+            continue
+        try:
+            mode = os.stat(os.path.join(block_dir, name)).st_mode
+        except (OSError, ValueError):  # ValueError: a NUL in the name
+            continue
+        if stat.S_ISBLK(mode):
+            found.add(name)
+    return frozenset(found)
 
 
 # --- the record kinds -----------------------------------------------------------------------
@@ -137,9 +168,26 @@ def _empty_disk(prep: EmptyDisk, owner: Owner | None) -> None:
 def _cloud_init_iso(prep: CloudInitIso, owner: Owner | None) -> None:
     if prep.kind not in ("noCloud", "configDrive"):
         raise DiskError(prep.volume, f"unknown cloud-init data source {prep.kind!r}")
+    if prep.user_data_files:  # userDataSecretRef: the secret's data, read now
+        prep = replace(prep, user_data=isos.first_file(prep.volume, prep.user_data_files))
+    if prep.network_data_files:
+        prep = replace(prep, network_data=isos.first_file(prep.volume, prep.network_data_files))
+    label, files = isos.cloud_init_files(prep)
 
     def create(tmp: str) -> None:
-        _write_iso(prep, tmp)
+        isos.write_iso(prep.volume, prep.path, label, files, tmp)
+
+    _atomic_create(prep.volume, prep.path, owner, create)
+
+
+def _config_iso(prep: ConfigIso, owner: Owner | None) -> None:
+    files = isos.tree_files(prep.volume, prep.source_dir)
+    if prep.unattend and not any(path.lower() in UNATTEND_FILES for path in files):
+        raise DiskError(prep.volume, f"the sysprep volume {prep.source_dir} holds neither "
+                                     f"{' nor '.join(UNATTEND_FILES)}")
+
+    def create(tmp: str) -> None:
+        isos.write_iso(prep.volume, prep.path, prep.label, files, tmp)
 
     _atomic_create(prep.volume, prep.path, owner, create)
 
@@ -296,59 +344,6 @@ def _probe_format(volume: str, image: str) -> str:
     return fmt
 
 
-# --- cloud-init ISO -------------------------------------------------------------------------
-def _iso_files(prep: CloudInitIso) -> tuple[str, list[str], dict[str, bytes]]:
-    """(volume label, directories, file path -> content) of the data source's layout."""
-    if prep.kind == "noCloud":
-        files = {"user-data": prep.user_data, "meta-data": prep.meta_data}
-        if prep.network_data is not None:
-            files["network-config"] = prep.network_data
-        return NO_CLOUD_LABEL, [], files
-    base = "openstack/latest"
-    files = {f"{base}/user_data": prep.user_data, f"{base}/meta_data.json": prep.meta_data}
-    if prep.network_data is not None:
-        files[f"{base}/network_data.json"] = prep.network_data
-    return CONFIG_DRIVE_LABEL, ["openstack", base], files
-
-
-def _iso9660_path(path: str, *, is_file: bool) -> str:
-    """ISO 9660 level 3 name for a Rock Ridge / Joliet path ("user-data" ->
-    "/USER_DATA.;1"); guests read the Rock Ridge / Joliet names."""
-    parts = [part.upper().replace("-", "_") for part in path.split("/")]
-    if is_file:
-        leaf = parts[-1] if "." in parts[-1] else f"{parts[-1]}."
-        parts[-1] = f"{leaf};1"
-    return "/" + "/".join(parts)
-
-
-def _write_iso(prep: CloudInitIso, out_path: str) -> None:
-    # Imported here: pycdlib is only needed when a VMI has a cloud-init volume, and the
-    # launcher's memory is budgeted.
-    import pycdlib  # noqa: PLC0415
-    from pycdlib.pycdlibexception import PyCdlibException  # noqa: PLC0415
-
-    label, directories, files = _iso_files(prep)
-    iso = pycdlib.PyCdlib()
-    try:
-        iso.new(interchange_level=3, vol_ident=label, joliet=3, rock_ridge="1.09")
-        for directory in directories:
-            iso.add_directory(_iso9660_path(directory, is_file=False),
-                              rr_name=directory.rsplit("/", 1)[-1],
-                              joliet_path=f"/{directory}")
-        for path, content in files.items():
-            iso.add_fp(io.BytesIO(content), len(content),
-                       _iso9660_path(path, is_file=True),
-                       rr_name=path.rsplit("/", 1)[-1], joliet_path=f"/{path}")
-        with open(out_path, "wb") as out:
-            iso.write_fp(out)
-    except PyCdlibException as exc:
-        raise DiskError(prep.volume, f"cannot build the cloud-init ISO {prep.path}: "
-                                     f"{exc}") from None
-    finally:
-        with contextlib.suppress(PyCdlibException):  # not open when new() failed
-            iso.close()
-
-
 # --- the isolated worker --------------------------------------------------------------------
 # prepare() runs in a short-lived child interpreter: the ISO library (pycdlib, ~2 MiB once
 # imported) and image buffers never join the launcher's resident set, which has a 60 MiB
@@ -357,7 +352,8 @@ def _write_iso(prep: CloudInitIso, out_path: str) -> None:
 WORKER_TIMEOUT_S = QEMU_IMG_TIMEOUT_S * 2
 _KINDS: dict[str, Callable[..., Prep]] = {
     "ContainerDiskOverlay": ContainerDiskOverlay, "FileDisk": FileDisk,
-    "EmptyDisk": EmptyDisk, "CloudInitIso": CloudInitIso, "ExistingFile": ExistingFile}
+    "EmptyDisk": EmptyDisk, "CloudInitIso": CloudInitIso, "ConfigIso": ConfigIso,
+    "ExistingFile": ExistingFile}
 
 
 def _encode(prep: Prep) -> dict[str, object]:
@@ -369,7 +365,9 @@ def _encode(prep: Prep) -> dict[str, object]:
 
 
 def _decode(raw: dict[str, Any]) -> Prep:
-    fields: dict[str, Any] = {k: base64.b64decode(v["b64"]) if isinstance(v, dict) else v
+    # JSON has no tuples: the file candidate lists come back as lists.
+    fields: dict[str, Any] = {k: base64.b64decode(v["b64"]) if isinstance(v, dict)
+                              else tuple(v) if isinstance(v, list) else v
                               for k, v in raw.items() if k != "__type__"}
     return _KINDS[raw["__type__"]](**fields)
 

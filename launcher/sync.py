@@ -52,16 +52,19 @@ from launcher.converter import (
     DiskInfo,
     SMBios,
     convert,
+    defaults,
 )
 from launcher.converter.plan import Prep
 from launcher.flags import Options
 from launcher.libvirt_conn import Connection
 from launcher.libvirt_errors import libvirt_message, unsupported_flags
-from launcher.paths import Paths, agent_socket_too_long
+from launcher.paths import Paths, agent_socket_too_long, reroot
 
 STANDALONE_ENV = "STANDALONE_VMI"
 KUBEVIRT_NS = "http://kubevirt.io"
 KVM_DEVICE = "/dev/kvm"
+# Where Kubernetes mounts the pod's service account token (a serviceAccount volume's data).
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 CPUINFO = "/proc/cpuinfo"
 KVM_GET_API_VERSION = 0xAE00  # _IO(KVMIO, 0x00)
 KVM_API_VERSION = 12  # the only stable KVM API there has ever been
@@ -193,6 +196,8 @@ def options_from_request(options: Any | None, *, opts: Options, paths: Paths,
         "ephemeral_disk_dir": paths.ephemeral_disk_dir,
         "container_disk_dir": paths.container_disk_dir,
         "hotplug_disk_dir": paths.hotplug_disk_dir,
+        "block_device_dir": reroot(paths.root, "/dev"),
+        "service_account_dir": reroot(paths.root, SERVICE_ACCOUNT_DIR),
         "dedicated_cpus": dedicated_cpus,
     }
     if tcg_modes is not None:
@@ -225,11 +230,16 @@ def options_from_request(options: Any | None, *, opts: Options, paths: Paths,
 
 
 def disk_directories(paths: Paths) -> tuple[str, ...]:
-    """Where the converter puts the files a domain uses (launcher.converter.storage,
+    """Where the converter puts the files a domain uses (launcher.converter.volumes,
     machine): PVC / DataVolume / hostDisk mounts, ephemeral disks, container disks and
-    kernel-boot artifacts, and /dev for a block-mode PVC under a lun."""
-    return (os.path.join(paths.private_dir, "vmi-disks"), paths.ephemeral_disk_dir,
-            paths.container_disk_dir, "/dev")
+    kernel-boot artifacts, the mounted configMap / secret / downwardAPI / sysprep
+    directories and their ISOs, the service account token, and /dev for block-mode PVCs."""
+    private = [os.path.join(paths.private_dir, sub) for sub in (
+        "vmi-disks", "config-map", "config-map-disks", "secret", "secret-disks",
+        "downwardapi", "downwardapi-disks", "sysprep", "sysprep-disks",
+        "service-account-disk")]
+    return (*private, paths.ephemeral_disk_dir, paths.container_disk_dir,
+            reroot(paths.root, SERVICE_ACCOUNT_DIR), reroot(paths.root, "/dev"))
 
 
 # --- STANDALONE_VMI -----------------------------------------------------------------------
@@ -291,9 +301,11 @@ def _load_yaml(text: str) -> Any:
         raise StandaloneError(f"{STANDALONE_ENV}: invalid YAML: {exc}") from None
 
 
-def parse_standalone(text: str) -> dict[str, Any]:
+def parse_standalone(text: str, arch: str | None = None) -> dict[str, Any]:
     """The VMI in STANDALONE_VMI: JSON, else YAML (KubeVirt reads it with a YAML decoder,
-    which takes both). Raises StandaloneError naming what is wrong."""
+    which takes both), with KubeVirt's admission defaults applied (launcher.converter.
+    defaults: in a cluster the webhook did that; a VMI of SyncVirtualMachine is not
+    re-defaulted). Raises StandaloneError naming what is wrong."""
     if not text.strip():
         raise StandaloneError(f"{STANDALONE_ENV}: is set but empty")
     try:
@@ -318,7 +330,8 @@ def parse_standalone(text: str) -> dict[str, Any]:
         _check_json_shaped(doc, "")
     except RecursionError:
         raise StandaloneError(f"{STANDALONE_ENV}: nested too deeply") from None
-    return doc
+    defaulted: dict[str, Any] = defaults.apply(doc, arch or os.uname().machine)
+    return defaulted
 
 
 def _meta_string(doc: Mapping[str, Any], key: str, *, required: bool) -> str:
@@ -530,7 +543,7 @@ class Syncer:
         try:
             # In a worker thread: a large VMI's conversion must not hold up Ping and the
             # relay on the loop (the GIL still switches every few milliseconds).
-            conversion = await asyncio.to_thread(self._convert, vmi, conv_opts)
+            conversion = await asyncio.to_thread(self._probe_and_convert, vmi, conv_opts)
         except ConversionError as exc:
             raise SyncError(str(exc), exc.path) from None
         if kvm_error is not None:
@@ -556,6 +569,12 @@ class Syncer:
         started: SyncResult = await self._libvirt(
             "starting the domain", self._define_and_start, conversion, current, paused)
         return started
+
+    def _probe_and_convert(self, vmi: Mapping[str, Any], opts: ConvertOptions) -> Conversion:
+        """The block-mode volumes found in the pod (KubeVirt's isBlockDeviceVolume: the
+        converter stays pure and takes them as input), then the conversion."""
+        block = disks.block_volumes(vmi, opts.block_device_dir)
+        return self._convert(vmi, replace(opts, block_volumes=block))
 
     async def _prepare_disks(self, preps: Sequence[Prep], uid: str) -> None:
         def run() -> None:

@@ -50,78 +50,36 @@ Deliberate differences
 
 from __future__ import annotations
 
-import json
-import re
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
 
-from launcher.converter import storage
+from launcher.converter import memory, network, storage
 from launcher.converter.context import Context
-from launcher.converter.errors import ConversionError
-from launcher.converter.machine import cpu_topology
-from launcher.converter.spec import Node, join
+from launcher.converter.devbuild import Build, absent, choice, device_name
+from launcher.converter.spec import Node
 
 UINT32_MAX = 2**32 - 1
-POD_TAP = "tap0"  # KubeVirt's tap for the primary (pod network) interface
-DEFAULT_NETWORK = "default"  # name KubeVirt's webhook gives the auto-attached interface
 RESERVED_INTERFACES = 4  # KubeVirt's ReservedInterfaces (nichotplug.go)
-MULTIQUEUE_MAX = 256  # KubeVirt's MultiQueueMaxQueues: the tap device's queue limit
 VIDEO_VRAM_KIB = "16384"
-NIC_MODELS = ("virtio", "e1000", "e1000e", "rtl8139", "pcnet", "ne2k_pci")
+# KubeVirt's PanicDeviceModel values libvirt 9 knows (its schema has no pvpanic).
+PANIC_MODELS = ("hyperv", "isa")
 VIDEO_MODELS = {"x86": ("vga", "cirrus", "virtio", "ramfb", "bochs"),
                 "arm": ("virtio", "ramfb")}
 WATCHDOG_ACTIONS = ("reset", "poweroff", "shutdown")
-TAP_ATTACHMENTS = ("tap", "managedTap")
-UNSUPPORTED_BINDINGS = ("sriov", "macvtap", "passt")
 UNSUPPORTED_DEVICES = ("sound", "hostDevices", "gpus", "filesystems", "downwardMetrics",
                        "clientPassthrough")
-# libvirt's aliasName pattern: the device name becomes part of the ua- alias.
-NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
-MAC_RE = re.compile(r"[0-9A-Fa-f]{2}([:-])[0-9A-Fa-f]{2}(?:\1[0-9A-Fa-f]{2}){4}")
-PCI_RE = re.compile(r"([0-9A-Fa-f]{4}):([0-9A-Fa-f]{2}):([0-9A-Fa-f]{2})\.([0-7])")
 FREE_PAGE_REPORTING_OFF = "kubevirt.io/free-page-reporting-disabled"
 STORAGE_DEVICES = "spec.domain.devices.disks"  # who owns aliases storage.build wrote
-
-
-def _q(value: str) -> str:
-    return json.dumps(value)
-
-
-@dataclass
-class _Build:
-    ctx: Context
-    dom: ET.Element
-    el: ET.Element  # <devices>
-    # ua- alias -> the field that asked for it: libvirt refuses duplicate aliases, and the
-    # message should name both devices.
-    aliases: dict[str, str] = field(default_factory=dict)
-
-    def add(self, tag: str, **attrs: str) -> ET.Element:
-        return ET.SubElement(self.el, tag, attrs)
-
-    def alias(self, device: ET.Element, name: str, path: str) -> None:
-        alias = f"ua-{name}"
-        other = self.aliases.get(alias)
-        if other is not None:
-            raise ConversionError(path, f"{_q(name)} gives alias {_q(alias)}, already used by "
-                                        f"{other}")
-        self.aliases[alias] = path
-        ET.SubElement(device, "alias", name=alias)
-
-    @property
-    def arm(self) -> bool:
-        return self.ctx.opts.arch in ("aarch64", "arm64")
 
 
 def build(ctx: Context, dom: ET.Element) -> None:
     """Append <devices> to `dom` and fill it: storage first, then KubeVirt's devices."""
     devices = ET.SubElement(dom, "devices")
     storage.build(ctx, devices)
-    b = _Build(ctx, dom, devices)
+    b = Build(ctx, dom, devices)
     for alias in devices.iter("alias"):
         b.aliases.setdefault(alias.get("name", ""), STORAGE_DEVICES)
     _refuse_unsupported(ctx.devices)
-    interface_count = _interfaces(b)
+    interface_count = network.build(b)
     usb_inputs = _inputs(b)
     serial = ctx.devices.bool("autoattachSerialConsole", True)
     _controllers(b, usb_needed=b.arm or usb_inputs or _has_disk_on(devices, "usb"),
@@ -135,218 +93,34 @@ def build(ctx: Context, dom: ET.Element) -> None:
     _tpm(b)
     _vsock(b)
     _memballoon(b)
+    _panic_devices(b)
+    memory.hotplug_device(ctx, devices)
     _hotplug_root_ports(b, interface_count)
 
 
 # --- helpers --------------------------------------------------------------------------------
-def _choice(node: Node, key: str, default: str | None, choices: tuple[str, ...]) -> str:
-    """`key` from `choices`; absent or "" means `default` (required when None), as Go's
-    zero value does in KubeVirt."""
-    raw = node.str(key)
-    if raw is None or raw == "":
-        if default is None:
-            node.fail(f"required (one of: {', '.join(choices)})", key)
-        return default
-    value = node.str(key, choices=choices)
-    assert value is not None
-    return value
-
-
-def _device_name(node: Node) -> str:
-    name = node.req_str("name", nonempty=True)
-    if not NAME_RE.fullmatch(name):
-        node.fail(f'{_q(name)} may contain only letters, digits, "_", "-" and "."', "name")
-    return name
-
-
-def _absent(node: Node, key: str) -> bool:
-    """Unset, or an empty list (Go's nil slice). An empty object is set: `downwardMetrics:
-    {}` asks for the device."""
-    return node.child(key).value in (None, [])
-
-
 def _has_disk_on(devices: ET.Element, bus: str) -> bool:
     return any(target.get("bus") == bus for disk in devices.iter("disk")
                for target in disk.iter("target"))
 
 
-def vcpus(ctx: Context) -> int:
-    """The guest's vCPU count as <vcpu> has it (KubeVirt's vcpu.GetCPUTopology), for queue
-    counts: network multiqueue here, block multiqueue in storage."""
-    return cpu_topology(ctx).vcpus
-
-
 def _refuse_unsupported(devices: Node) -> None:
     for key in UNSUPPORTED_DEVICES:
-        if not _absent(devices, key):
+        if not absent(devices, key):
             devices.fail("not supported by this launcher", key)
 
 
-# --- interfaces ---------------------------------------------------------------------------
-def _networks(ctx: Context) -> dict[str, Node]:
-    """spec.networks by name; only the pod network exists in a standalone pod."""
-    networks: dict[str, Node] = {}
-    pod: str | None = None
-    for net in ctx.spec.items("networks"):
-        name = _device_name(net)
-        if name in networks:
-            net.fail(f"duplicate network name {_q(name)}", "name")
-        if net.has("multus"):
-            net.fail("multus networks are not supported by this launcher (a standalone pod "
-                     "has only its pod network)", "multus")
-        if not net.has("pod"):
-            net.fail("required: the pod network is the only network source this launcher "
-                     "supports", "pod")
-        net.obj("pod")
-        if pod is not None:
-            net.fail(f"only one pod network is allowed ({pod} is one)", "pod")
-        pod = net.path
-        networks[name] = net
-    return networks
-
-
-def _binding(iface: Node) -> str:
-    """The interface's one binding method."""
-    methods = [key for key in ("bridge", "masquerade", "slirp", "binding",
-                               *UNSUPPORTED_BINDINGS) if iface.has(key)]
-    if not methods:
-        iface.fail("no binding method (expected one of: bridge, masquerade, slirp)")
-    if len(methods) > 1:
-        iface.fail(f"only one binding method may be set, got: {', '.join(methods)}")
-    method = methods[0]
-    iface.obj(method)
-    if method in UNSUPPORTED_BINDINGS:
-        iface.fail("binding is not supported by this launcher", method)
-    return method
-
-
-def _plugin_attachment(ctx: Context, iface: Node, name: str) -> None:
-    """A binding plugin works only when virt-handler attaches it as a tap (or managedTap,
-    which it hands to the domain as tap): anything else needs a sidecar we do not run."""
-    plugin = iface.obj("binding").req_str("name", nonempty=True)
-    if ctx.opts.interface_attachment.get(name) not in TAP_ATTACHMENTS:
-        iface.fail(f"network binding plugin {_q(plugin)} is not supported by this launcher "
-                   f"(only plugins with a tap or managedTap domain attachment)", "binding")
-
-
-def _interfaces(b: _Build) -> int:
-    """Emit the interfaces; return how many the VMI has (KubeVirt's count for the hotplug
-    reserve, absent ones included)."""
-    devices = b.ctx.devices
-    ifaces = devices.items("interfaces")
-    networks = _networks(b.ctx)
-    if not ifaces and not networks:
-        if not devices.bool("autoattachPodInterface", True):
-            return 0
-        # What KubeVirt's webhook adds: interface "default" (bridge) on pod network "default".
-        default = Node({"name": DEFAULT_NETWORK, "bridge": {}},
-                       join(devices.path, "autoattachPodInterface"))
-        _interface(b, default, "bridge")
-        return 1
-    used: set[str] = set()
-    for iface in ifaces:
-        name = _device_name(iface)
-        if name in used:
-            iface.fail(f"duplicate interface name {_q(name)}", "name")
-        used.add(name)
-        if name not in networks:
-            iface.fail(f"no network named {_q(name)} in spec.networks", "name")
-        method = _binding(iface)
-        if _choice(iface, "state", "up", ("up", "down", "absent")) == "absent":
-            continue  # being hot-unplugged: KubeVirt leaves it out of the domain
-        if method == "binding":
-            _plugin_attachment(b.ctx, iface, name)
-        _interface(b, iface, method)
-    for name, net in networks.items():
-        if name not in used:
-            net.fail("no interface in spec.domain.devices.interfaces uses this network",
-                     "name")
-    return len(ifaces)
-
-
-def _interface(b: _Build, iface: Node, method: str) -> None:
-    name = _device_name(iface)
-    model = _choice(iface, "model", "virtio", NIC_MODELS)
-    if method == "slirp":
-        if not _absent(iface, "ports"):
-            iface.fail("port forwarding with slirp is not supported by this launcher",
-                       "ports")
-        el = b.add("interface", type="user")
-    else:
-        el = b.add("interface", type="ethernet")
-        # The network setup created the tap; libvirt must not create or delete it.
-        ET.SubElement(el, "target", dev=POD_TAP, managed="no")
-    mac = _mac(iface)
-    if mac is not None:
-        ET.SubElement(el, "mac", address=mac)
-    ET.SubElement(el, "model", type=b.ctx.virtio_model if model == "virtio" else model)
-    if model == "virtio" and b.ctx.devices.bool("networkInterfaceMultiqueue", False):
-        # KubeVirt: one queue per vCPU, counted as for <vcpu>.
-        queues = min(vcpus(b.ctx), MULTIQUEUE_MAX)
-        ET.SubElement(el, "driver", name="vhost", queues=str(queues))
-    if iface.str("state") == "down":
-        ET.SubElement(el, "link", state="down")
-    _boot_or_rom(b, el, iface)
-    acpi_index = iface.int("acpiIndex", 0, minimum=0, maximum=16383) or 0
-    if acpi_index:
-        ET.SubElement(el, "acpi", index=str(acpi_index))
-    address = _pci_address(iface, "pciAddress")
-    if address is not None:
-        ET.SubElement(el, "address", address)
-    b.alias(el, name, iface.path)
-
-
-def _mac(iface: Node) -> str | None:
-    mac = iface.str("macAddress")
-    if not mac:
-        return None
-    if not MAC_RE.fullmatch(mac):
-        iface.fail(f"{_q(mac)} is not a MAC address (e.g. 02:00:00:00:00:01)", "macAddress")
-    normal = mac.replace("-", ":").lower()
-    if int(normal[:2], 16) & 1:
-        iface.fail(f"{_q(mac)} is a multicast address; a NIC needs a unicast one",
-                   "macAddress")
-    return normal
-
-
-def _boot_or_rom(b: _Build, el: ET.Element, iface: Node) -> None:
-    """KubeVirt: a boot order for network boot, else no option ROM (iPXE would only slow
-    the boot down)."""
-    order = iface.int("bootOrder", minimum=1, maximum=UINT32_MAX)
-    if order is None:
-        ET.SubElement(el, "rom", enabled="no")
-        return
-    # libvirt refuses two devices with the same boot order; disks are already in place.
-    if any(boot.get("order") == str(order) for boot in b.el.iter("boot")):
-        iface.fail(f"boot order {order} is already used by another device", "bootOrder")
-    ET.SubElement(el, "boot", order=str(order))
-
-
-def _pci_address(node: Node, key: str) -> dict[str, str] | None:
-    """KubeVirt's pciAddress "DDDD:BB:SS.F" as libvirt <address type='pci'> attributes."""
-    text = node.str(key)
-    if not text:
-        return None
-    m = PCI_RE.fullmatch(text)
-    if m is None:
-        node.fail(f"{_q(text)} is not a PCI address (expected DDDD:BB:SS.F, e.g. "
-                  f"0000:81:01.0)", key)
-    domain, bus, slot, function = m.groups()
-    if int(slot, 16) > 0x1F:
-        node.fail(f"{_q(text)}: slot must be at most 1f", key)
-    return {"type": "pci", "domain": f"0x{domain.lower()}", "bus": f"0x{bus.lower()}",
-            "slot": f"0x{slot.lower()}", "function": f"0x{function}"}
 
 
 # --- inputs and controllers ---------------------------------------------------------------
-def _inputs(b: _Build) -> bool:
+def _inputs(b: Build) -> bool:
     """User inputs (and aarch64's default tablet/keyboard); True when one is on USB."""
     on_usb = False
     tablet = False
     for node in b.ctx.devices.items("inputs"):
-        name = _device_name(node)
-        kind = _choice(node, "type", None, ("tablet", "keyboard"))
-        bus = _choice(node, "bus", "usb", ("usb", "virtio"))
+        name = device_name(node)
+        kind = choice(node, "type", None, ("tablet", "keyboard"))
+        bus = choice(node, "bus", "usb", ("usb", "virtio"))
         el = b.add("input", type=kind, bus=bus)
         if bus == "virtio":
             el.set("model", "virtio")  # input devices exist only as virtio 1.0
@@ -366,7 +140,7 @@ def _has_controller(devices: ET.Element, kind: str) -> bool:
     return any(c.get("type") == kind for c in devices.iter("controller"))
 
 
-def _controllers(b: _Build, *, usb_needed: bool, serial: bool) -> None:
+def _controllers(b: Build, *, usb_needed: bool, serial: bool) -> None:
     if not _has_controller(b.el, "usb"):
         # No USB device: no controller at all (KubeVirt), saving a PCIe slot.
         b.add("controller", type="usb", index="0", model="qemu-xhci" if usb_needed else "none")
@@ -378,7 +152,7 @@ def _controllers(b: _Build, *, usb_needed: bool, serial: bool) -> None:
         b.add("controller", type="virtio-serial", index="0", model=b.ctx.virtio_model)
 
 
-def _is_pcie_machine(b: _Build) -> bool:
+def _is_pcie_machine(b: Build) -> bool:
     machine = None
     os_type = b.dom.find("os/type")
     if os_type is not None:
@@ -406,10 +180,12 @@ def _takes_root_port(dev: ET.Element) -> bool:
         return dev.get("bus") == "virtio"
     # The primary video device sits on the root complex (00:01.0); conventional PCI
     # devices (the watchdog) share a pcie-to-pci-bridge, which takes one port.
+    if tag == "memory":
+        return dev.get("model") == "virtio-mem"
     return tag in ("interface", "rng", "vsock", "watchdog")
 
 
-def _hotplug_root_ports(b: _Build, interface_count: int) -> None:
+def _hotplug_root_ports(b: Build, interface_count: int) -> None:
     """KubeVirt reserves room for hotplugging interfaces up to RESERVED_INTERFACES, but only
     when the VMI has interfaces. Ports are numbered after any PCI controller present."""
     reserve = RESERVED_INTERFACES - interface_count
@@ -433,7 +209,7 @@ def _serial_log_enabled(ctx: Context) -> bool:
     return not ctx.opts.cluster.serial_console_log_disabled
 
 
-def _serial_console(b: _Build) -> None:
+def _serial_console(b: Build) -> None:
     socket = f"{b.ctx.vmi_private_dir}/virt-serial0"
     serial = b.add("serial", type="unix")
     ET.SubElement(serial, "source", mode="bind", path=socket)
@@ -445,7 +221,7 @@ def _serial_console(b: _Build) -> None:
     ET.SubElement(console, "target", type="serial", port="0")
 
 
-def _guest_agent_channel(b: _Build) -> None:
+def _guest_agent_channel(b: Build) -> None:
     # No source: libvirt chooses the socket path and the launcher finds it through libvirt.
     channel = b.add("channel", type="unix")
     ET.SubElement(channel, "target", type="virtio", name="org.qemu.guest_agent.0")
@@ -459,7 +235,7 @@ def _is_efi(ctx: Context) -> bool:
     return ctx.domain_spec.obj("firmware").obj("bootloader").obj("efi").present
 
 
-def _graphics(b: _Build) -> None:
+def _graphics(b: Build) -> None:
     if not _graphics_enabled(b.ctx):
         return  # headless: no VNC, no video
     graphics = b.add("graphics", type="vnc")
@@ -467,7 +243,7 @@ def _graphics(b: _Build) -> None:
     video = b.ctx.devices.obj("video")
     arch = "arm" if b.arm else "x86"
     if video.present:
-        model = _choice(video, "type", None, VIDEO_MODELS[arch])
+        model = choice(video, "type", None, VIDEO_MODELS[arch])
     elif b.arm:
         model = "virtio"  # qemu offers only virtio-gpu on aarch64
     elif _is_efi(b.ctx) and b.ctx.opts.cluster.bochs_display_for_efi_guests:
@@ -481,28 +257,28 @@ def _graphics(b: _Build) -> None:
 
 
 # --- other devices ------------------------------------------------------------------------
-def _watchdog(b: _Build) -> None:
+def _watchdog(b: Build) -> None:
     node = b.ctx.devices.obj("watchdog")
     if not node.present:
         return
     if b.arm:
         node.fail("watchdog is not supported on aarch64")
-    name = _device_name(node)
+    name = device_name(node)
     if not node.has("i6300esb"):
         node.fail("required: the watchdog type (i6300esb)", "i6300esb")
-    action = _choice(node.obj("i6300esb"), "action", "reset", WATCHDOG_ACTIONS)
+    action = choice(node.obj("i6300esb"), "action", "reset", WATCHDOG_ACTIONS)
     el = b.add("watchdog", model="i6300esb", action=action)
     b.alias(el, name, node.path)
 
 
-def _rng(b: _Build) -> None:
+def _rng(b: Build) -> None:
     if not b.ctx.devices.obj("rng").present:
         return
     rng = b.add("rng", model=b.ctx.virtio_model)
     ET.SubElement(rng, "backend", model="random").text = "/dev/urandom"
 
 
-def _tpm(b: _Build) -> None:
+def _tpm(b: Build) -> None:
     node = b.ctx.devices.obj("tpm")
     if not node.present or node.bool("enabled", True) is False:
         return
@@ -513,7 +289,7 @@ def _tpm(b: _Build) -> None:
     ET.SubElement(tpm, "backend", type="emulator", version="2.0")
 
 
-def _vsock(b: _Build) -> None:
+def _vsock(b: Build) -> None:
     if not b.ctx.devices.bool("autoattachVSOCK", False):
         return
     status = b.ctx.vmi.obj("status")
@@ -526,6 +302,19 @@ def _vsock(b: _Build) -> None:
                     "virt-controller allocated", key)
     vsock = b.add("vsock", model="virtio-non-transitional")
     ET.SubElement(vsock, "cid", auto="no", address=str(cid))
+
+
+def _panic_devices(b: Build) -> None:
+    """spec.domain.devices.panicDevices (KubeVirt's PanicDevicesDomainConfigurator): one
+    <panic> each; no model is libvirt's default (isa on x86_64)."""
+    for node in b.ctx.devices.items("panicDevices"):
+        model = node.str("model")
+        if model == "pvpanic":
+            node.fail('"pvpanic" is not supported by this launcher (libvirt 9 has no '
+                      'pvpanic panic model; use "isa" or "hyperv")', "model")
+        el = b.add("panic")
+        if model:
+            el.set("model", choice(node, "model", None, PANIC_MODELS))
 
 
 def _free_page_reporting(ctx: Context) -> bool:
@@ -542,7 +331,7 @@ def _free_page_reporting(ctx: Context) -> bool:
     return annotations.str(FREE_PAGE_REPORTING_OFF) != "true"
 
 
-def _memballoon(b: _Build) -> None:
+def _memballoon(b: Build) -> None:
     if not b.ctx.devices.bool("autoattachMemBalloon", True):
         # Without this libvirt would add a default balloon.
         b.add("memballoon", model="none")

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class ContainerDiskOverlay:
-    """A containerDisk: a qcow2 overlay at `path` on the read-only image `backing`, so the
-    image itself is never written (KubeVirt's ephemeral disk)."""
+    """A containerDisk, or an `ephemeral` volume's PVC: a qcow2 overlay at `path` on the
+    read-only image or block device `backing`, so the backing is never written (KubeVirt's
+    ephemeral disk)."""
 
     volume: str
     path: str
@@ -47,6 +48,25 @@ class CloudInitIso:
     user_data: bytes
     meta_data: bytes
     network_data: bytes | None = None
+    # userDataSecretRef / networkDataSecretRef: the data is read at preparation time from
+    # the first of these files that exists (the secret's keys as KubeVirt mounts them);
+    # it replaces user_data / network_data.
+    user_data_files: tuple[str, ...] = ()
+    network_data_files: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ConfigIso:
+    """A configMap, secret, serviceAccount, downwardAPI or sysprep volume as a disk: an
+    ISO 9660 image at `path` of the files in the mounted directory `source_dir`, volume
+    label `label`. `unattend`: a sysprep volume, which must hold autounattend.xml or
+    unattend.xml."""
+
+    volume: str
+    path: str
+    source_dir: str
+    label: str
+    unattend: bool = False
 
 
 @dataclass(frozen=True)
@@ -57,7 +77,7 @@ class ExistingFile:
     path: str
 
 
-Prep = ContainerDiskOverlay | FileDisk | EmptyDisk | CloudInitIso | ExistingFile
+Prep = ContainerDiskOverlay | FileDisk | EmptyDisk | CloudInitIso | ConfigIso | ExistingFile
 
 
 @dataclass(frozen=True)

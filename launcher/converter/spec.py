@@ -36,11 +36,26 @@ def json_kind(value: object) -> str:
 Key = str | int
 
 
+def printable(text: str) -> str:
+    """`text` with lone surrogates (undecodable bytes, surrogateescape'd, or a JSON
+    "\\udc80") spelled as escapes, so a message naming it can always be encoded."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def join(path: str, key: Key) -> str:
     if isinstance(key, int):
         return f"{path}[{key}]"
+    key = printable(key)
     return f"{path}.{key}" if path else key
 
+
+# Kubernetes' DNS-1123 label: what virt-api requires of disk and volume names. Every name
+# that becomes part of a path is one of these: no "/" and no "..".
+DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 # Kubernetes resource.Quantity suffixes (binary SI, decimal SI). "m" (milli) is allowed by
 # Kubernetes for any quantity; for byte sizes we require the result to be whole bytes.
@@ -165,6 +180,12 @@ class Node:
                 self.fail("required", key)
             return default
         self._expect(key, raw, builtins.str, "a string")
+        if printable(raw) != raw:
+            # A lone UTF-16 surrogate: a JSON "\\ud800" escape, or an invalid UTF-8 byte
+            # of STANDALONE_VMI kept by os.environ's surrogateescape. No file, ISO or XML
+            # can carry it.
+            self.fail("contains a lone surrogate (invalid UTF-8 or an unpaired UTF-16 "
+                      "escape); expected text", key)
         if nonempty and raw == "":
             self.fail("must not be empty", key)
         if choices is not None:
@@ -214,6 +235,8 @@ class Node:
             self.fail(f"expected a quantity such as \"4Gi\", got {json_kind(raw)}", key)
         if isinstance(raw, float) and not math.isfinite(raw):
             self.fail(f"{raw} is not a quantity", key)
+        if isinstance(raw, str) and printable(raw) != raw:
+            self.fail("contains a lone surrogate; expected a quantity such as \"4Gi\"", key)
         try:
             value = parse_quantity(str(raw))
         except ValueError as exc:

@@ -17,21 +17,8 @@ Matched KubeVirt behaviour
   as setIOThreads does),
   blockMultiQueue -> driver queues = vCPUs. discard='unmap' on disk and lun devices and on
   containerDisk, emptyDisk and PVC / DataVolume sources.
-- containerDisk: a qcow2 overlay <ephemeral>/disk-data/VOLUME/disk.qcow2 on
-  <container-disks>/disk_N.img, N the volume's index in spec.volumes (GetDiskTarget-
-  PathFromLauncherView; the seed's second volume is disk_1.img), backing format from
-  virt-handler's DisksInfo.
-- persistentVolumeClaim / dataVolume: raw <private>/vmi-disks/VOLUME/disk.img.
-- hostDisk: raw <private>/vmi-disks/VOLUME/<basename of path> - KubeVirt mounts the
-  directory of hostDisk.path there (GetMountedHostDiskPath), so that is where the launcher
-  sees it, not at the node's path. DiskOrCreate creates it at capacity when missing.
-- emptyDisk: qcow2 <ephemeral>/empty-disks/VOLUME.qcow2, created fresh at capacity.
-- cloudInitNoCloud / cloudInitConfigDrive: raw ISO <ephemeral>/cloud-init-data/NAMESPACE/
-  NAME/noCloud.iso | configdrive.iso on whatever device the disk asks for. meta-data is
-  KubeVirt's JSON: NoCloud {"instance-type"?, "instance-id", "local-hostname"};
-  ConfigDrive {"instance_type"?, "instance_id": "NAME.NAMESPACE", "hostname", "uuid"}; the
-  instance type from the kubevirt.io/(cluster-)instancetype-name annotations; the hostname
-  is spec.hostname, else the name up to its first "." (dns.SanitizeHostname).
+- Volumes (where the data comes from): launcher.converter.volumes and, for cloud-init,
+  launcher.converter.cloudinit.
 - A cdrom without a volume is an empty tray (Convert_v1_Missing_Volume_To_api_Disk).
 - Validation as virt-api's admitter: disk names are DNS-1123 labels, unique; one target
   type; bus ide / virtio cdroms / read-only sata disks refused; pciAddress only on virtio;
@@ -47,42 +34,34 @@ Deliberate differences
 - A containerDisk whose format virt-handler did not report gets no <backingStore>: libvirt
   then reads the chain from the overlay, which launcher.disks writes with the probed
   format (libvirt's schema requires a format in <backingStore>).
-- PVCs / DataVolumes are filesystem-mode images, except under a lun: a lun needs a block
-  device, which KubeVirt puts at /dev/VOLUME for a block-mode PVC, so a lun uses that.
-- cloud-init disks are read-only (except on a sata hard disk, which QEMU cannot make
-  read-only); KubeVirt leaves them writable, though it rewrites the ISO every start.
-- Without spec.domain.firmware.uuid, the NoCloud instance-id is NAME.NAMESPACE and the
-  ConfigDrive uuid is metadata.uid (KubeVirt would pick a random UUID each start, making
-  cloud-init treat every boot as a new instance).
 - Not supported (a field error, never a silently different guest): floppy, lun
-  reservation, userDataSecretRef / networkDataSecretRef, SSH keys propagated through
-  cloud-init, more than one cloud-init volume (KubeVirt only writes the first),
-  configMap / secret / serviceAccount / downwardAPI / downwardMetrics / sysprep /
-  memoryDump / ephemeral volumes, blockSize.matchVolume (needs probing the device) and
-  blockSize.custom.discardGranularity (libvirt 9's schema lacks it).
+  reservation, blockSize.matchVolume (needs probing the device) and
+  blockSize.custom.discardGranularity (libvirt 9's schema lacks it); the volume sources
+  volumes.UNSUPPORTED_SOURCES lists.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
-import posixpath
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
-from launcher.converter import machine
+from launcher.converter import cloudinit, cpu, machine, volumes
 from launcher.converter.context import Context
-from launcher.converter.options import DiskInfo
-from launcher.converter.plan import (
-    CloudInitIso,
-    ContainerDiskOverlay,
-    EmptyDisk,
-    FileDisk,
-    Prep,
+from launcher.converter.spec import DNS1123_LABEL, Node
+from launcher.converter.volumes import (
+    CLAIM_SOURCES,
+    CLOUD_INIT_SOURCES,
+    CONFIG_SOURCES,
+    SUPPORTED_SOURCES,
+    UNSUPPORTED_SOURCES,
+    Source,
+    Volume,
+    source_kind,
 )
-from launcher.converter.spec import Node
+
+__all__ = ["SUPPORTED_SOURCES", "UNSUPPORTED_SOURCES", "build"]
 
 DISK_BUSES = ("virtio", "sata", "scsi", "usb")
 CDROM_BUSES = ("sata", "scsi", "usb")
@@ -91,26 +70,11 @@ CACHE_MODES = ("none", "writethrough", "writeback")
 IO_MODES = ("native", "threads")
 ERROR_POLICIES = ("stop", "ignore", "report", "enospace")
 TRAY_STATES = ("open", "closed")
-HOST_DISK_TYPES = ("Disk", "DiskOrCreate")
-BACKING_FORMATS = ("raw", "qcow2")
-
-FILE_SOURCES = ("persistentVolumeClaim", "dataVolume")
-CLOUD_INIT_SOURCES = ("cloudInitNoCloud", "cloudInitConfigDrive")
-SUPPORTED_SOURCES = ("containerDisk", *FILE_SOURCES, "hostDisk", "emptyDisk",
-                     *CLOUD_INIT_SOURCES)
-UNSUPPORTED_SOURCES = ("configMap", "secret", "serviceAccount", "downwardAPI",
-                       "downwardMetrics", "sysprep", "memoryDump", "ephemeral")
-
-# Kubernetes' DNS-1123 label: what virt-api requires of disk names. Volume names must match
-# a disk, so every name that becomes part of a path is one of these: no "/" and no "..".
-DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 SERIAL_RE = re.compile(r"[A-Za-z0-9_.+-]{1,256}")
 PCI_RE = re.compile(r"([0-9A-Fa-f]{4}):([0-9A-Fa-f]{2}):([0-9A-Fa-f]{2})\.([0-7])")
 STATUS_TARGET_RE = re.compile(r"(vd|sd)([a-z]{1,3})")
 BLOCK_SIZE_MIN = 512
 BLOCK_SIZE_MAX = 2 * 1024 * 1024  # KubeVirt's maxCustomBlockSize
-INSTANCETYPE_ANNOTATIONS = ("kubevirt.io/cluster-instancetype-name",
-                            "kubevirt.io/instancetype-name")
 
 
 def _q(value: str) -> str:
@@ -118,18 +82,6 @@ def _q(value: str) -> str:
 
 
 # --- the pieces of one disk -----------------------------------------------------------------
-@dataclass(frozen=True)
-class _Volume:
-    node: Node  # spec.volumes[i]
-    name: str
-    index: int  # position in spec.volumes: a containerDisk's disk_N.img
-    kind: str  # the source's key, e.g. "containerDisk"
-
-    @property
-    def source(self) -> Node:
-        return self.node.obj(self.kind)
-
-
 @dataclass(frozen=True)
 class _Target:
     """What the guest sees: disks[i].disk | cdrom | lun."""
@@ -141,24 +93,11 @@ class _Target:
 
 
 @dataclass(frozen=True)
-class _Source:
-    """Where the data comes from."""
-
-    type: str  # file | block
-    path: str | None  # None: an empty cdrom tray
-    format: str  # raw | qcow2
-    discard: bool
-    readonly: bool = False  # forced read-only whatever the disk says
-    backing: tuple[str, str] | None = None  # (path, format) of a containerDisk image
-    prep: Prep | None = None
-
-
-@dataclass(frozen=True)
 class _Disk:
     node: Node  # spec.domain.devices.disks[i]
     name: str
     target: _Target
-    source: _Source
+    source: Source
 
 
 @dataclass
@@ -245,11 +184,12 @@ def _disk_names(disks: list[Node]) -> list[str]:
     return names
 
 
-def _volumes(ctx: Context, disk_names: list[str]) -> dict[str, _Volume]:
+def _volumes(ctx: Context, disk_names: list[str]) -> dict[str, Volume]:
     """spec.volumes by name: each used by a disk, with one supported source."""
     filesystems = {fs.req_str("name") for fs in ctx.devices.items("filesystems")}
+    acpi_tables = machine.acpi_table_volumes(ctx)
     seen: dict[str, str] = {}
-    volumes: dict[str, _Volume] = {}
+    volumes: dict[str, Volume] = {}
     cloud_init: str | None = None
     for index, node in enumerate(ctx.spec.items("volumes")):
         name = node.req_str("name", nonempty=True)
@@ -259,9 +199,12 @@ def _volumes(ctx: Context, disk_names: list[str]) -> dict[str, _Volume]:
         if name not in disk_names:
             if name in filesystems:
                 continue  # a filesystem's volume: not a disk, devices.build decides
+            if name in acpi_tables:
+                source_kind(node)  # machine._acpi_tables reads it, as a secret only
+                continue
             node.fail(f"{_q(name)} is not used by any disk in spec.domain.devices.disks",
                       "name")
-        volume = _Volume(node, name, index, _source_kind(node))
+        volume = Volume(node, name, index, source_kind(node))
         if volume.kind in CLOUD_INIT_SOURCES:
             if cloud_init is not None:
                 node.fail(f"only one cloud-init volume is supported ({cloud_init} is one)",
@@ -269,17 +212,6 @@ def _volumes(ctx: Context, disk_names: list[str]) -> dict[str, _Volume]:
             cloud_init = node.path
         volumes[name] = volume
     return volumes
-
-
-def _source_kind(volume: Node) -> str:
-    kinds = [key for key in (*SUPPORTED_SOURCES, *UNSUPPORTED_SOURCES) if volume.has(key)]
-    if not kinds:
-        volume.fail(f"needs a source (one of: {', '.join(SUPPORTED_SOURCES)})")
-    if len(kinds) > 1:
-        volume.fail(f"must have exactly one source, got {', '.join(kinds)}")
-    if kinds[0] in UNSUPPORTED_SOURCES:
-        volume.fail("not supported by this launcher", kinds[0])
-    return kinds[0]
 
 
 def _status_targets(ctx: Context, prefixes: dict[str, str]) -> dict[str, str]:
@@ -349,9 +281,10 @@ def _disk(ctx: Context, disk: _Disk, namer: _Names, tuning: dict[str, str]) -> E
     if source.path is not None:
         ET.SubElement(el, "source", {"file" if source.type == "file" else "dev": source.path})
     if source.backing is not None:
-        backing = ET.SubElement(el, "backingStore", type="file")
-        ET.SubElement(backing, "format", type=source.backing[1])
-        ET.SubElement(backing, "source", file=source.backing[0])
+        kind, path, fmt = source.backing
+        backing = ET.SubElement(el, "backingStore", type=kind)
+        ET.SubElement(backing, "format", type=fmt)
+        ET.SubElement(backing, "source", {"file" if kind == "file" else "dev": path})
     dev, index = namer.target(disk.name, target.bus)
     target_el = ET.SubElement(el, "target", dev=dev, bus=target.bus)
     tray = target.node.str("tray") if target.device == "cdrom" else None
@@ -471,7 +404,7 @@ def _iothread_ids(ctx: Context, disks: list[Node], targets: list[_Target]) -> di
     if ctx.domain_spec.str("ioThreadsPolicy") in (None, "") and not any(dedicated):
         return {}
     virtio = [i for i, target in enumerate(targets) if target.bus == "virtio"]
-    ids = machine.iothreads(ctx).assign([dedicated[i] for i in virtio])
+    ids = cpu.iothreads(ctx).assign([dedicated[i] for i in virtio])
     return dict(zip(virtio, ids, strict=True))
 
 
@@ -479,184 +412,31 @@ def _block_queues(ctx: Context) -> int | None:
     """blockMultiQueue: one virtio-blk queue per vCPU of the domain."""
     if not ctx.devices.bool("blockMultiQueue", False):
         return None
-    return machine.cpu_topology(ctx).vcpus
+    return cpu.cpu_topology(ctx).vcpus
 
 
 # --- the data side --------------------------------------------------------------------------
-def _source(disk: Node, name: str, target: _Target, volume: _Volume | None,
-            ctx: Context) -> _Source:
+def _source(disk: Node, name: str, target: _Target, volume: Volume | None,
+            ctx: Context) -> Source:
     if volume is None:
         if target.device != "cdrom":
             disk.fail(f"no volume named {_q(name)} in spec.volumes", "name")
-        return _Source("block", None, "raw", discard=False)  # an empty tray
-    if target.device == "lun" and volume.kind not in FILE_SOURCES:
+        return Source("block", None, "raw", discard=False)  # an empty tray
+    if target.device == "lun" and volume.kind not in CLAIM_SOURCES:
         disk.fail(f"a lun needs a block-mode persistentVolumeClaim or dataVolume, not "
                   f"{volume.kind}", "lun")
-    if volume.kind == "containerDisk":
-        return _container_disk(ctx, volume)
-    if volume.kind in FILE_SOURCES:
-        return _claim(ctx, volume, target)
-    if volume.kind == "hostDisk":
-        return _host_disk(ctx, volume)
-    if volume.kind == "emptyDisk":
-        return _empty_disk(ctx, volume)
-    return _cloud_init(ctx, volume, target)
-
-
-def _join(base: str, *names: str) -> str:
-    return posixpath.join(base, *names)
-
-
-def _container_disk(ctx: Context, volume: _Volume) -> _Source:
-    source = volume.source
-    source.str("image")
-    source.str("path")  # where in the image: virt-handler's business, type-checked only
-    overlay = _join(ctx.opts.ephemeral_disk_dir, "disk-data", volume.name, "disk.qcow2")
-    image = _join(ctx.opts.container_disk_dir, f"disk_{volume.index}.img")
-    fmt = ctx.opts.disks_info.get(volume.name, DiskInfo()).format
-    if fmt not in ("", *BACKING_FORMATS):
-        source.fail(f"virt-handler reports the image as {_q(fmt)}; only raw and qcow2 "
-                    f"images are supported")
-    return _Source("file", overlay, "qcow2", discard=True,
-                   backing=(image, fmt) if fmt else None,
-                   prep=ContainerDiskOverlay(volume.name, overlay, image, fmt))
-
-
-def _claim(ctx: Context, volume: _Volume, target: _Target) -> _Source:
-    source = volume.source
-    source.req_str("claimName" if volume.kind == "persistentVolumeClaim" else "name",
-                   nonempty=True)
-    if target.device == "lun":
-        # KubeVirt's pod puts a block-mode claim's device at /dev/VOLUME.
-        dev = _join("/dev", volume.name)
-        return _Source("block", dev, "raw", discard=True, prep=FileDisk(volume.name, dev))
-    path = _join(ctx.opts.private_dir, "vmi-disks", volume.name, "disk.img")
-    return _Source("file", path, "raw", discard=True, prep=FileDisk(volume.name, path))
-
-
-def _host_disk(ctx: Context, volume: _Volume) -> _Source:
-    source = volume.source
-    node_path: str = source.req_str("path", nonempty=True)
-    parts = node_path.split("/")
-    if (not node_path.startswith("/") or posixpath.normpath(node_path) != node_path
-            or ".." in parts or node_path == "/"):
-        source.fail(f"{_q(node_path)} must be an absolute, normalized file path", "path")
-    kind = _choice(source, "type", None, HOST_DISK_TYPES)
-    if kind is None:
-        source.fail(f"required (one of: {', '.join(HOST_DISK_TYPES)})", "type")
-    capacity = source.byte_size("capacity")
-    if kind == "Disk" and capacity:
-        source.fail('only allowed with type "DiskOrCreate"', "capacity")
-    if kind == "DiskOrCreate" and not capacity:
-        source.fail('required (more than 0 bytes) with type "DiskOrCreate"', "capacity")
-    path = _join(ctx.opts.private_dir, "vmi-disks", volume.name, posixpath.basename(node_path))
-    create = capacity if kind == "DiskOrCreate" else None
-    return _Source("file", path, "raw", discard=False,
-                   prep=FileDisk(volume.name, path, create_size=create))
-
-
-def _empty_disk(ctx: Context, volume: _Volume) -> _Source:
-    source = volume.source
-    capacity: int | None = source.byte_size("capacity", required=True)
-    if not capacity:
-        source.fail("must be more than 0 bytes", "capacity")
-    path = _join(ctx.opts.ephemeral_disk_dir, "empty-disks", f"{volume.name}.qcow2")
-    return _Source("file", path, "qcow2", discard=True,
-                   prep=EmptyDisk(volume.name, path, capacity))
-
-
-# --- cloud-init -----------------------------------------------------------------------------
-def _cloud_init(ctx: Context, volume: _Volume, target: _Target) -> _Source:
-    source = volume.source
-    for key in ("userDataSecretRef", "networkDataSecretRef"):
-        if source.has(key):
-            source.fail("not supported by this launcher (use userData or userDataBase64)"
-                        if key.startswith("user") else
-                        "not supported by this launcher (use networkData or "
-                        "networkDataBase64)", key)
-    _refuse_propagated_keys(ctx)
-    user = _data(source, "userData")
-    network = _data(source, "networkData")
-    if user is None and network is None:
-        source.fail("needs userData, userDataBase64, networkData or networkDataBase64")
-    no_cloud = volume.kind == "cloudInitNoCloud"
-    kind, file = ("noCloud", "noCloud.iso") if no_cloud else ("configDrive",
-                                                              "configdrive.iso")
-    path = _join(ctx.opts.ephemeral_disk_dir, "cloud-init-data", ctx.namespace, ctx.name,
-                 file)
-    meta = _no_cloud_meta(ctx) if no_cloud else _config_drive_meta(ctx)
-    prep = CloudInitIso(volume.name, path, kind, user_data=user or b"",
-                        meta_data=json.dumps(meta, separators=(",", ":")).encode(),
-                        network_data=network)
-    # QEMU cannot make an emulated sata hard disk (ide-hd) read-only.
+    # Generated images: read-only but on a sata hard disk (QEMU's ide-hd cannot be).
     readonly = not (target.device == "disk" and target.bus == "sata")
-    return _Source("file", path, "raw", discard=False, readonly=readonly, prep=prep)
-
-
-def _data(source: Node, key: str) -> bytes | None:
-    """`key` (text) or `key`Base64; "" counts as unset, as in KubeVirt."""
-    text = source.str(key)
-    encoded = source.str(f"{key}Base64")
-    if text and encoded:
-        source.fail(f"{key} and {key}Base64 cannot both be set", f"{key}Base64")
-    if text:
-        return text.encode()
-    if not encoded:
-        return None
-    try:
-        # Go's base64.StdEncoding: padding required, line breaks ignored.
-        return base64.b64decode(encoded.replace("\r", "").replace("\n", ""), validate=True)
-    except (binascii.Error, ValueError):
-        source.fail("is not valid base64", f"{key}Base64")
-
-
-def _refuse_propagated_keys(ctx: Context) -> None:
-    """SSH keys KubeVirt would copy into the cloud-init metadata come from secrets this
-    pure conversion cannot read."""
-    for cred in ctx.spec.items("accessCredentials"):
-        method = cred.obj("sshPublicKey").obj("propagationMethod")
-        for key in ("noCloud", "configDrive"):
-            if method.has(key):
-                method.fail("not supported by this launcher", key)
-
-
-def _firmware_uuid(ctx: Context) -> str:
-    return ctx.domain_spec.obj("firmware").str("uuid") or ""
-
-
-def _hostname(ctx: Context) -> str:
-    return ctx.spec.str("hostname") or ctx.name.split(".")[0][:63]
-
-
-def _instance_type(ctx: Context) -> str:
-    annotations = ctx.vmi.obj("metadata").obj("annotations")
-    for key in INSTANCETYPE_ANNOTATIONS:
-        value = annotations.str(key)
-        if value:
-            return value
-    return ""
-
-
-def _no_cloud_meta(ctx: Context) -> dict[str, str]:
-    """KubeVirt's NoCloudMetadata, in its field order."""
-    return _drop_empty({
-        "instance-type": _instance_type(ctx),
-        "instance-id": _firmware_uuid(ctx) or f"{ctx.name}.{ctx.namespace}",
-        "local-hostname": _hostname(ctx),
-    })
-
-
-def _config_drive_meta(ctx: Context) -> dict[str, str]:
-    """KubeVirt's ConfigDriveMetadata, in its field order."""
-    return _drop_empty({
-        "instance_type": _instance_type(ctx),
-        "instance_id": f"{ctx.name}.{ctx.namespace}",
-        "hostname": _hostname(ctx),
-        "uuid": _firmware_uuid(ctx) or ctx.uid,
-    })
-
-
-def _drop_empty(fields: dict[str, str]) -> dict[str, str]:
-    """Go's omitempty (instance-id is always set)."""
-    return {key: value for key, value in fields.items() if value}
-
+    if volume.kind == "containerDisk":
+        return volumes.container_disk(ctx, volume)
+    if volume.kind in CLAIM_SOURCES:
+        return volumes.claim(ctx, volume, target.device)
+    if volume.kind == "ephemeral":
+        return volumes.ephemeral(ctx, volume)
+    if volume.kind == "hostDisk":
+        return volumes.host_disk(ctx, volume)
+    if volume.kind == "emptyDisk":
+        return volumes.empty_disk(ctx, volume)
+    if volume.kind in CONFIG_SOURCES:
+        return volumes.config_iso(ctx, volume, readonly)
+    return cloudinit.build(ctx, volume, readonly)

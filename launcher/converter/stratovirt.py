@@ -34,6 +34,7 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 
+from launcher.converter import cpu as cpu_mod
 from launcher.converter import machine
 from launcher.converter.context import Context
 from launcher.converter.errors import ConversionError
@@ -101,7 +102,7 @@ def _check_names(ctx: Context) -> None:
 def _check_cpu(ctx: Context) -> None:
     cpu = ctx.domain_spec.obj("cpu")
     model = cpu.str("model")
-    if model not in (None, "", machine.HOST_MODEL, machine.HOST_PASSTHROUGH):
+    if model not in (None, "", cpu_mod.HOST_MODEL, cpu_mod.HOST_PASSTHROUGH):
         _unsupported(cpu, "model", "the guest always sees the host CPU (use host-model or "
                                    "host-passthrough)")
     if cpu.items("features"):

@@ -24,6 +24,7 @@ from launcher.converter import (
     ConvertOptions,
     DiskInfo,
     SMBios,
+    defaults,
 )
 from launcher.converter.plan import ExistingFile, Prep
 from launcher.libvirt_conn import Connection
@@ -68,7 +69,10 @@ def test_no_options_means_defaults_with_the_launchers_dirs() -> None:
         private_dir="/tmp/pvl-u/var/run/kubevirt-private",
         ephemeral_disk_dir="/tmp/pvl-u/var/run/kubevirt-ephemeral-disks",
         container_disk_dir="/tmp/pvl-u/var/run/kubevirt/container-disks",
-        hotplug_disk_dir="/tmp/pvl-u/var/run/kubevirt/hotplug-disks")
+        hotplug_disk_dir="/tmp/pvl-u/var/run/kubevirt/hotplug-disks",
+        # block-mode PVCs and the service account token, re-rooted like every path
+        block_device_dir="/tmp/pvl-u/dev",
+        service_account_dir="/tmp/pvl-u/var/run/secrets/kubernetes.io/serviceaccount")
     assert got.mem_balloon_stats_period == 10
     assert got.smbios == SMBios()
     assert got.dedicated_cpus == ()
@@ -206,8 +210,10 @@ spec:
 
 
 def test_standalone_json_and_yaml() -> None:
-    assert parse_standalone(json.dumps(VMI_DOC)) == VMI_DOC
-    assert parse_standalone("  \n" + json.dumps(VMI_DOC, indent=2)) == VMI_DOC
+    # Parsed, then given KubeVirt's webhook defaults (launcher.converter.defaults).
+    defaulted = defaults.apply(VMI_DOC, "x86_64")
+    assert parse_standalone(json.dumps(VMI_DOC), "x86_64") == defaulted
+    assert parse_standalone("  \n" + json.dumps(VMI_DOC, indent=2), "x86_64") == defaulted
     doc = parse_standalone(VMI_YAML)
     assert doc["metadata"]["name"] == "vm1"
     # JSON has no timestamps: it stays the string Kubernetes would decode

@@ -327,7 +327,8 @@ def test_no_scsi_controller_without_hotplug() -> None:
     (make(), cluster(free_page_reporting_disabled=True), "off"),
     (make(memory={"hugepages": {"pageSize": "2Mi"}}), None, "off"),
     (make(cpu={"dedicatedCpuPlacement": True}), ConvertOptions(dedicated_cpus=(0,)), "off"),
-    (make(cpu={"realtime": {}}), None, "off"),
+    (make(cpu={"realtime": {}, "dedicatedCpuPlacement": True}),
+     ConvertOptions(dedicated_cpus=(0,)), "off"),
     (make(annotations={"kubevirt.io/free-page-reporting-disabled": "true"}), None, "off"),
     (make(annotations={"kubevirt.io/free-page-reporting-disabled": "false"}), None, "on"),
 ], ids=["cluster", "hugepages", "dedicated-cpus", "realtime", "annotation", "annotation-false"])

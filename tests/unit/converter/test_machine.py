@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from launcher.converter import ConversionError, ConvertOptions, SMBios, convert
-from launcher.converter.machine import IOThreads
+from launcher.converter.cpu import IOThreads
 from launcher.converter.plan import ExistingFile
 from launcher.domain_json import kubevirt_metadata
 from tests.unit.converter import support
@@ -432,14 +432,18 @@ def test_aarch64_secure_boot_is_an_error() -> None:
 
 
 # --- features -----------------------------------------------------------------------------------
+OFF = {"state": "off"}
+
+
+# vmport off on every x86_64 domain: KubeVirt HEAD's HypervisorFeaturesDomainConfigurator.
 @pytest.mark.parametrize(("features", "expected"), [
-    (None, {"acpi": {}}),
-    ({}, {"acpi": {}}),
-    ({"acpi": {"enabled": False}, "apic": {}}, {"apic": {}}),
+    (None, {"acpi": {}, "vmport": OFF}),
+    ({}, {"acpi": {}, "vmport": OFF}),
+    ({"acpi": {"enabled": False}, "apic": {}}, {"apic": {}, "vmport": OFF}),
     ({"apic": {"enabled": False}, "smm": {}},
-     {"acpi": {}, "smm": {"state": "on"}}),
+     {"acpi": {}, "smm": {"state": "on"}, "vmport": OFF}),
     ({"kvm": {"hidden": True}, "pvspinlock": {"enabled": False}},
-     {"acpi": {}, "kvm": {}, "pvspinlock": {"state": "off"}}),
+     {"acpi": {}, "kvm": {}, "pvspinlock": {"state": "off"}, "vmport": OFF}),
 ])
 def test_features(features: dict[str, Any] | None, expected: dict[str, dict[str, str]]) -> None:
     spec = {} if features is None else {"features": features}
@@ -509,14 +513,15 @@ def test_clock(clock: dict[str, Any] | None, expected: dict[str, str]) -> None:
 
 
 def test_timers() -> None:
-    timer = {"hpet": {"enabled": False}, "pit": {"tickPolicy": "delay"},
-             "rtc": {"tickPolicy": "catchup", "track": "guest"}, "kvm": {},
-             "hyperv": {"enabled": True}}
+    # KubeVirt's JSON key is "present" (what its Windows examples set for hpet).
+    timer = {"hpet": {"present": False}, "pit": {"tickPolicy": "delay"},
+             "rtc": {"tickPolicy": "catchup", "track": "guest"}, "kvm": {"present": False},
+             "hyperv": {"present": True}}
     root = support.tree(support.vmi(clock={"utc": {}, "timer": timer}))
     assert [t.attrib for t in root.iterfind("clock/timer")] == [
         {"name": "rtc", "present": "yes", "tickpolicy": "catchup", "track": "guest"},
         {"name": "pit", "present": "yes", "tickpolicy": "delay"},
-        {"name": "kvmclock", "present": "yes"},
+        {"name": "kvmclock", "present": "no"},
         {"name": "hpet", "present": "no"},
         {"name": "hypervclock", "present": "yes"}]
 
@@ -550,7 +555,8 @@ def test_seed_001_matches_kubevirts_domain_outside_devices() -> None:
 
     assert entries(ours) == entries(theirs)
     assert attrs(ours, "os/smbios") == attrs(theirs, "os/smbios")
-    assert [el.tag for el in children(ours, "features")] == ["acpi", "apic"]
+    # + vmport off: KubeVirt HEAD adds it on x86_64; 1.2 (the seed) did not.
+    assert [el.tag for el in children(ours, "features")] == ["acpi", "apic", "vmport"]
     assert attrs(ours, "clock") == attrs(theirs, "clock")
     for tag in ("on_poweroff", "on_reboot", "on_crash"):
         assert text(ours, tag) == text(theirs, tag)

@@ -20,9 +20,12 @@ from hypothesis import strategies as st
 from launcher.converter import ConversionError, ConvertOptions, convert
 from tests.unit.converter import support
 
+# Any text, lone UTF-16 surrogates included (what a JSON "\\ud800" escape or an invalid
+# UTF-8 byte of STANDALONE_VMI decodes to), control characters and non-BMP characters.
+ANY_TEXT = st.text(st.characters(codec=None, exclude_categories=()), max_size=24)
 JSON_LEAF = st.one_of(st.none(), st.booleans(), st.integers(-5, 2**40),
                       st.floats(allow_nan=True, allow_infinity=True),
-                      st.text(max_size=12),
+                      ANY_TEXT,
                       st.sampled_from(["", "..", "../x", "/abs", "a/b", "1Gi", "virtio"]))
 JSON = st.recursive(JSON_LEAF, lambda inner: st.one_of(
     st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)),
@@ -91,7 +94,8 @@ def vmis(draw: st.DrawFn) -> dict[str, Any]:
     # Mutations: random values at random paths, to walk the error paths.
     for path, value in draw(st.lists(st.tuples(st.lists(st.sampled_from(
             ["spec", "domain", "devices", "disks", "cpu", "memory", "metadata", "name",
-             "volumes", "resources", "requests", "firmware", 0, 1]), min_size=1, max_size=5),
+             "volumes", "resources", "requests", "firmware", "cloudInitNoCloud", "userData",
+             "networkData", "hostname", 0, 1]), min_size=1, max_size=5),
             JSON), max_size=2)):
         _set(doc, path, value)
     return doc
@@ -139,6 +143,86 @@ def test_arbitrary_json_is_a_field_error_never_a_crash(doc: Any) -> None:
     except ConversionError:
         return
     raise AssertionError(f"converted arbitrary JSON: {json.dumps(doc)[:200]}")
+
+
+# A VMI using many of the fields the converter reads as text: every string in it, one at
+# a time, replaced by arbitrary text (the converter's promise must hold for each).
+RICH: dict[str, Any] = {
+    "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+    "metadata": {"name": "rich", "namespace": "ns", "uid": "3f1f8b52-52f4-4e0d-9b0f-2f5d8c0e1a11",
+                 "annotations": {"kubevirt.io/instancetype-name": "u1.small"}},
+    "spec": {
+        "hostname": "rich-host", "startStrategy": "Paused", "evictionStrategy": "None",
+        "domain": {
+            "resources": {"requests": {"memory": "1Gi", "cpu": "1"}},
+            "memory": {"guest": "1Gi", "maxGuest": "2Gi"},
+            "machine": {"type": "q35"},
+            "cpu": {"model": "host-model", "features": [{"name": "x2apic", "policy": "require"}]},
+            "clock": {"timezone": "Europe/Berlin",
+                      "timer": {"hpet": {"present": False}, "rtc": {"tickPolicy": "catchup",
+                                                                    "track": "guest"}}},
+            "firmware": {"serial": "serial-1", "bootloader": {"bios": {"useSerial": True}},
+                         "kernelBoot": {"kernelArgs": "console=ttyS0",
+                                        "container": {"image": "k:1",
+                                                      "kernelPath": "/boot/vmlinuz"}}},
+            "chassis": {"manufacturer": "m", "asset": "a"},
+            "rebootPolicy": "Terminate",
+            "features": {"hyperv": {"vendorid": {"vendorid": "KVMKVMKVM"}}},
+            "devices": {
+                "disks": [{"name": "root", "disk": {"bus": "virtio"}, "serial": "S1",
+                           "cache": "none", "errorPolicy": "stop"},
+                          {"name": "cfg", "cdrom": {"bus": "sata", "tray": "closed"}},
+                          {"name": "ci", "disk": {"bus": "virtio"}},
+                          {"name": "blk", "disk": {"bus": "scsi"}},
+                          {"name": "eph", "disk": {"bus": "virtio"}}],
+                "interfaces": [{"name": "default", "masquerade": {}, "model": "virtio",
+                                "macAddress": "02:00:00:00:00:01",
+                                "pciAddress": "0000:02:01.0"}],
+                "inputs": [{"name": "tab", "type": "tablet", "bus": "usb"}],
+                "video": {"type": "vga"},
+                "panicDevices": [{"model": "isa"}],
+                "watchdog": {"name": "wd", "i6300esb": {"action": "poweroff"}},
+            },
+        },
+        "networks": [{"name": "default", "pod": {}}],
+        "volumes": [
+            {"name": "root", "containerDisk": {"image": "registry/img:1", "path": "/disk"}},
+            {"name": "cfg", "configMap": {"name": "cm", "volumeLabel": "CFG"}},
+            {"name": "ci", "cloudInitNoCloud": {"userData": "#cloud-config\n",
+                                                "networkData": "version: 2\n"}},
+            {"name": "blk", "persistentVolumeClaim": {"claimName": "claim"}},
+            {"name": "eph", "ephemeral": {"persistentVolumeClaim": {"claimName": "c2"}}},
+        ],
+    },
+}
+
+
+def _string_paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    if isinstance(value, str):
+        return [path]
+    if isinstance(value, dict):
+        return [p for key, item in value.items() for p in _string_paths(item, (*path, key))]
+    if isinstance(value, list):
+        return [p for i, item in enumerate(value) for p in _string_paths(item, (*path, i))]
+    return []
+
+
+STRING_PATHS = _string_paths(RICH)
+
+
+def test_the_rich_vmi_converts() -> None:
+    _check(copy.deepcopy(RICH), ConvertOptions(block_volumes=frozenset({"blk"})))
+    assert len(STRING_PATHS) > 60
+
+
+@settings(max_examples=300, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(STRING_PATHS), ANY_TEXT, st.booleans())
+def test_any_text_in_any_string_field(path: tuple[Any, ...], value: str,
+                                      emulation: bool) -> None:
+    doc = copy.deepcopy(RICH)
+    _set(doc, list(path), value)
+    _check(doc, ConvertOptions(emulation=emulation, block_volumes=frozenset({"blk"})))
 
 
 @settings(max_examples=60, deadline=None, derandomize=True)
