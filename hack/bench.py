@@ -59,7 +59,7 @@ from hack.bench_cmd import (
 from hack.bench_cmd import run as bench_cmd_run
 from hack.guestvm import domain_xml, guest_env
 from launcher import flags, logs
-from launcher.daemons import DaemonSet
+from launcher.libvirt.daemons import DaemonSet
 from launcher.paths import Paths, derive
 from launcher.setup import prepare
 
@@ -135,7 +135,7 @@ METHODS: dict[str, str] = {
     "ready_overhead_s": "per run: ready_s - (virtlogd + libvirtd 'daemon ready' startup_s "
                         "from the same run's launcher log: spawn -> socket accepts)",
     "daemons_ready_s": "the subtrahend above: virtlogd + libvirtd startup_s from the log",
-    "daemons_alone_ready_s": "cross-check: launcher.daemons.DaemonSet alone (same configs, "
+    "daemons_alone_ready_s": "cross-check: launcher.libvirt.daemons.DaemonSet alone (same configs, "
                              "namespace wrapper, 20 ms readiness probe, uvloop) in this "
                              "process: run() -> all_ready()",
     "relay_p50_ms": "hack/bench_relay.py: libvirt test driver event -> DomainRelay -> "
@@ -427,7 +427,7 @@ def daemons_alone(s: Samples, runs: int) -> None:
             kill_strays(base)
             shutil.rmtree(base, ignore_errors=True)
 
-    s.section("virtlogd + libvirtd alone (launcher.daemons.DaemonSet)", runs, one)
+    s.section("virtlogd + libvirtd alone (launcher.libvirt.daemons.DaemonSet)", runs, one)
 
 
 # --- pods: monitor + launcher + daemons + a VM -----------------------------------------------

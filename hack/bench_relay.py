@@ -52,11 +52,11 @@ import uvloop
 
 from launcher import logs
 from launcher._proto.kubevirt.notify.info import info_pb2, info_pb2_grpc
-from launcher.domain_state import status_and_reason
-from launcher.events import LIFECYCLE, DomainEvent
-from launcher.libvirt_conn import Connection, ensure_event_loop
-from launcher.notifier import EventType, Notifier, SnapshotBuilder, grpc_target
-from launcher.relay import DomainRelay
+from launcher.libvirt.connection import Connection, ensure_event_loop
+from launcher.notify.domain_state import status_and_reason
+from launcher.notify.events import LIFECYCLE, DomainEvent
+from launcher.notify.notifier import EventType, Notifier, SnapshotBuilder, grpc_target
+from launcher.notify.relay import DomainRelay
 
 EVENTS_CMD = Path(sys.executable).parent / "virt-launcher-events"
 URI = "test:///default"

@@ -151,7 +151,7 @@ def stage(container_disk_dir: str | Path) -> None:
     under <container-disk-dir>/kernel-boot/ and the data image as disk_0.img (hard links to
     the build, copies across filesystems: the image is only a read-only backing file, each
     VM writes its own overlay). Not symlinks: virt-handler bind-mounts the files, and the
-    launcher refuses a disk whose path resolves outside its directory (launcher.disks)."""
+    launcher refuses a disk whose path resolves outside its directory (launcher.vm.disks)."""
     env = guest_env()
     base = Path(container_disk_dir)
     links = {base / KERNEL_BOOT_DIR / Path(KERNEL_PATH).name: env["GUEST_KERNEL"],

@@ -219,7 +219,7 @@ def parse(argv: Sequence[str], prog: str = "virt-launcher",
     if not os.path.isabs(runtime_root):
         raise FlagError(f"{root_source}: must be an absolute path, got {runtime_root!r}")
     # Both end up in the libvirt daemons' config files, whose string syntax cannot carry
-    # these (launcher.libvirt_config); refused here rather than as a crash at start-up.
+    # these (launcher.libvirt.config); refused here rather than as a crash at start-up.
     for source, value in ((root_source, runtime_root),
                           ("--libvirt-log-filters", ns.libvirt_log_filters)):
         bad = sorted({c for c in value if c in CONFIG_UNSAFE or ord(c) < 0x20})

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from launcher import libvirt_config
 from launcher.flags import Options
+from launcher.libvirt import config as libvirt_config
 from launcher.paths import Paths
 
 

@@ -30,21 +30,23 @@ from typing import Any, TypeVar
 import libvirt
 import structlog
 
-from launcher import domain_json, guest_info, qemu_watch
-from launcher.agent import AgentCache, AgentPoller, groups_from
-from launcher.cmd_server import CmdServer
-from launcher.commands import Commands
-from launcher.daemons import DaemonFailed, DaemonSet
-from launcher.domain_state import Lifecycle
-from launcher.events import AGENT_LIFECYCLE, LIFECYCLE, DomainEvent
+from launcher import qemu_watch
+from launcher.cmd.commands import Commands
+from launcher.cmd.server import CmdServer
 from launcher.exitcodes import ExitCode
 from launcher.flags import Options
-from launcher.freeze import FreezeManager
-from launcher.guest_info import FSFREEZE_STATUS
-from launcher.libvirt_conn import Connection, LibvirtUnreachable
-from launcher.notifier import Notifier
+from launcher.guest import info as guest_info
+from launcher.guest.freeze import FreezeManager
+from launcher.guest.info import FSFREEZE_STATUS
+from launcher.guest.poller import AgentCache, AgentPoller, groups_from
+from launcher.libvirt.connection import Connection, LibvirtUnreachable
+from launcher.libvirt.daemons import DaemonFailed, DaemonSet
+from launcher.notify import domain_json
+from launcher.notify.domain_state import Lifecycle
+from launcher.notify.events import AGENT_LIFECYCLE, LIFECYCLE, DomainEvent
+from launcher.notify.notifier import Notifier
+from launcher.notify.relay import ALIVE_STATES, DomainRelay
 from launcher.paths import Paths
-from launcher.relay import ALIVE_STATES, DomainRelay
 from launcher.shutdown_budget import (
     CMD_SERVER_STOP_S,
     DAEMON_STOP_DEADLINE_S,
@@ -57,7 +59,7 @@ from launcher.shutdown_budget import (
     STANDALONE_DELETE_WAIT_S,
     STANDALONE_UNDEFINE_S,
 )
-from launcher.sync import (
+from launcher.vm.sync import (
     STANDALONE_ENV,
     StandaloneError,
     Syncer,
@@ -128,7 +130,7 @@ class Launcher:
                  environ: Mapping[str, str] | None = None) -> None:
         env = os.environ if environ is None else environ
         # STANDALONE_VMI is read before anything is built: the VMI may name the domain
-        # (flags left empty take its metadata, see launcher.sync.adopt_identity).
+        # (flags left empty take its metadata, see launcher.vm.sync.adopt_identity).
         self.standalone: dict[str, Any] | None = None
         self._standalone_error: StandaloneError | None = None
         if STANDALONE_ENV in env:
@@ -535,7 +537,7 @@ class Launcher:
         """Stay until the domain is deleted, as KubeVirt's launcher does: virt-handler sees
         the final state (Shutoff with its reason: the VMI's phase) and then deletes the
         domain (DeleteVirtualMachine), which must find this launcher still serving. Only
-        that deletion sends deletionTimestamp (launcher.relay)."""
+        that deletion sends deletionTimestamp (launcher.notify.relay)."""
         self.state = State.AWAITING_DELETE
         if self.standalone is not None:
             # No virt-handler: a stand-in may still send Delete; otherwise undefine it

@@ -63,7 +63,7 @@ class ConvertOptions:
     # Where the pod has block-mode PVCs (/dev/<volume>) and the service account's token.
     block_device_dir: str = "/dev"
     service_account_dir: str = "/var/run/secrets/kubernetes.io/serviceaccount"
-    # The launcher's probe (launcher.disks.block_volumes): PVC / DataVolume volumes whose
+    # The launcher's probe (launcher.vm.disks.block_volumes): PVC / DataVolume volumes whose
     # <block_device_dir>/<volume> is a block device (KubeVirt's IsBlockPVC / IsBlockDV).
     block_volumes: frozenset[str] = frozenset()
     disks_info: Mapping[str, DiskInfo] = field(default_factory=dict)

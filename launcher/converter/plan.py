@@ -1,5 +1,5 @@
 """What must exist on disk before the domain is defined: the converter's output beside the
-XML. The converter decides names and sizes (pure); launcher.disks carries them out."""
+XML. The converter decides names and sizes (pure); launcher.vm.disks carries them out."""
 
 from __future__ import annotations
 

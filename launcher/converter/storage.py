@@ -32,7 +32,7 @@ Deliberate differences
   filesystem without O_DIRECT (tmpfs). io: native when cache is none and the volume is
   preallocated (opts.preallocated_volumes) or a block device (SetOptimalIOMode).
 - A containerDisk whose format virt-handler did not report gets no <backingStore>: libvirt
-  then reads the chain from the overlay, which launcher.disks writes with the probed
+  then reads the chain from the overlay, which launcher.vm.disks writes with the probed
   format (libvirt's schema requires a format in <backingStore>).
 - Not supported (a field error, never a silently different guest): floppy, lun
   reservation, blockSize.matchVolume (needs probing the device) and

@@ -66,7 +66,7 @@ class Receiver:
     """virt-launcher-events on the instance's notify socket, events read from its stdout.
     `virt_handler`: it also drives the end of the VM's life over the command socket as
     virt-handler does (Shutdown when marked, Kill after the grace period, Delete when off;
-    launcher.handler_standin)."""
+    launcher.notify.handler_standin)."""
 
     inst: Instance
     virt_handler: bool = False

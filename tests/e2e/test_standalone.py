@@ -23,7 +23,7 @@ from tests.e2e.harness import Instance, wait_for
 
 pytestmark = pytest.mark.e2e
 
-EMULATION = ["--allow-emulation"]  # KVM is unusable on the CI machines (see launcher.sync)
+EMULATION = ["--allow-emulation"]  # KVM is unusable on the CI machines (see launcher.vm.sync)
 
 
 def guest(inst: Instance, **kwargs: Any) -> dict[str, Any]:

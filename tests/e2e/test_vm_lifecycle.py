@@ -1,6 +1,6 @@
 """A real VM (the test guest under TCG) under the monitor and launcher: notify snapshots,
 daemon restarts under a running VM, graceful and forced shutdown, QEMU crash, a guest's own
-poweroff, qemu-timeout. A virt-handler stand-in (launcher.handler_standin) drives the end of
+poweroff, qemu-timeout. A virt-handler stand-in (launcher.notify.handler_standin) drives the end of
 life over the command socket as virt-handler does, and every snapshot sequence is judged by
 tests/support/virt_handler.py: what virt-handler's code would conclude from it."""
 

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import IO, Any
 
-from launcher.notifier import Notifier
+from launcher.notify.notifier import Notifier
 
 KEY = "default_vmi"
 

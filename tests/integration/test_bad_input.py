@@ -1,6 +1,6 @@
 """Bad input on the command socket: what a broken or hostile virt-handler (or anything else
 that can open the launcher socket) can send, against the real command server on a real
-UNIX socket, the real handlers (launcher.commands, launcher.sync with the real converter
+UNIX socket, the real handlers (launcher.cmd.commands, launcher.vm.sync with the real converter
 and disk preparation) and libvirt's test:///default driver underneath, all in this
 process (so psutil on this process sees the server's threads and file descriptors).
 
@@ -52,18 +52,19 @@ from google.protobuf.message_factory import GetMessageClass
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from launcher import flags, guest_info
+from launcher import flags
 from launcher._proto.kubevirt.cmd.info import info_pb2
 from launcher._proto.kubevirt.cmd.v1 import cmd_pb2, cmd_pb2_grpc
-from launcher.agent import AgentCache
-from launcher.cmd_server import MAX_MESSAGE_BYTES, CmdServer
-from launcher.commands import Commands
-from launcher.freeze import FreezeManager
-from launcher.libvirt_conn import Connection, ensure_event_loop
-from launcher.notifier import Notifier
+from launcher.cmd.commands import Commands
+from launcher.cmd.server import MAX_MESSAGE_BYTES, CmdServer
+from launcher.guest import info as guest_info
+from launcher.guest.freeze import FreezeManager
+from launcher.guest.poller import AgentCache
+from launcher.libvirt.connection import Connection, ensure_event_loop
+from launcher.notify.notifier import Notifier
+from launcher.notify.relay import DomainRelay
 from launcher.paths import derive
-from launcher.relay import DomainRelay
-from launcher.sync import Syncer
+from launcher.vm.sync import Syncer
 from tests.integration.notify_support import run_uvloop
 from tests.unit.converter.test_properties import vmis
 

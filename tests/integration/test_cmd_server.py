@@ -24,10 +24,10 @@ import grpc
 import pytest
 from google.protobuf.message_factory import GetMessageClass
 
-from launcher import cmd_server
 from launcher._proto.kubevirt.cmd.info import info_pb2, info_pb2_grpc
 from launcher._proto.kubevirt.cmd.v1 import cmd_pb2, cmd_pb2_grpc
-from launcher.cmd_server import CmdServer, Handler
+from launcher.cmd import server as cmd_server
+from launcher.cmd.server import CmdServer, Handler
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -1,4 +1,4 @@
-"""The command API's handlers (launcher.commands) as virt-handler meets them: a real
+"""The command API's handlers (launcher.cmd.commands) as virt-handler meets them: a real
 CmdServer on a real UNIX socket, real gRPC clients, and libvirt's own test:///default
 driver underneath.
 
@@ -31,16 +31,17 @@ import libvirt
 import pytest
 from google.protobuf.message_factory import GetMessageClass
 
-from launcher import flags, guest_info
+from launcher import flags
 from launcher._proto.kubevirt.cmd.v1 import cmd_pb2, cmd_pb2_grpc
-from launcher.agent import AgentCache
-from launcher.cmd_server import CmdServer
-from launcher.commands import UNSUPPORTED, Commands
-from launcher.domain_state import State
-from launcher.freeze import FreezeError, FreezeManager
-from launcher.libvirt_conn import Connection, ensure_event_loop
-from launcher.notifier import Notifier
-from launcher.relay import DomainRelay
+from launcher.cmd.commands import UNSUPPORTED, Commands
+from launcher.cmd.server import CmdServer
+from launcher.guest import info as guest_info
+from launcher.guest.freeze import FreezeError, FreezeManager
+from launcher.guest.poller import AgentCache
+from launcher.libvirt.connection import Connection, ensure_event_loop
+from launcher.notify.domain_state import State
+from launcher.notify.notifier import Notifier
+from launcher.notify.relay import DomainRelay
 from tests.integration.notify_support import run_uvloop
 
 pytestmark = pytest.mark.timeout(120)

@@ -1,4 +1,4 @@
-"""launcher.disks.prepare with real qemu-img and real files: overlays and their backing
+"""launcher.vm.disks.prepare with real qemu-img and real files: overlays and their backing
 chain, empty disks, hostDisk creation, cloud-init ISOs read back, and the errors."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from launcher.converter.plan import (
     ExistingFile,
     FileDisk,
 )
-from launcher.disks import DiskError, prepare, prepare_isolated
+from launcher.vm.disks import DiskError, prepare, prepare_isolated
 
 pytestmark = pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-img")
 

@@ -21,9 +21,9 @@ from typing import Any
 import libvirt
 import psutil
 
-from launcher.libvirt_conn import Connection, ensure_event_loop
-from launcher.notifier import Notifier
-from launcher.relay import DomainRelay
+from launcher.libvirt.connection import Connection, ensure_event_loop
+from launcher.notify.notifier import Notifier
+from launcher.notify.relay import DomainRelay
 from tests.integration.notify_support import ReceiverProc, run_uvloop, until
 
 URI = "test:///default"

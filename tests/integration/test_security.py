@@ -32,8 +32,8 @@ import pytest
 
 from launcher import flags, setup
 from launcher._proto.kubevirt.cmd.v1 import cmd_pb2, cmd_pb2_grpc
-from launcher.daemons import specs
-from launcher.notifier import Notifier
+from launcher.libvirt.daemons import specs
+from launcher.notify.notifier import Notifier
 from launcher.paths import derive
 from tests.integration.notify_support import ReceiverProc, run_uvloop, running, until
 from tests.integration.test_bad_input import CALL_TIMEOUT_S, rig, vmi_doc

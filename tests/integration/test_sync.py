@@ -30,21 +30,22 @@ import libvirt
 import pytest
 from structlog.testing import capture_logs
 
-from launcher import flags, guest_info
+from launcher import flags
 from launcher._proto.kubevirt.cmd.v1 import cmd_pb2, cmd_pb2_grpc
-from launcher.agent import AgentCache
-from launcher.cmd_server import CmdServer
-from launcher.commands import Commands
+from launcher.cmd.commands import Commands
+from launcher.cmd.server import CmdServer
 from launcher.converter import defaults
-from launcher.domain_state import State
 from launcher.exitcodes import ExitCode
-from launcher.freeze import FreezeManager
-from launcher.libvirt_conn import Connection, ensure_event_loop
-from launcher.notifier import Notifier
+from launcher.guest import info as guest_info
+from launcher.guest.freeze import FreezeManager
+from launcher.guest.poller import AgentCache
+from launcher.libvirt.connection import Connection, ensure_event_loop
+from launcher.notify.domain_state import State
+from launcher.notify.notifier import Notifier
+from launcher.notify.relay import DomainRelay
 from launcher.paths import derive
-from launcher.relay import DomainRelay
 from launcher.supervisor import Launcher
-from launcher.sync import Syncer
+from launcher.vm.sync import Syncer
 from tests.integration.notify_support import run_uvloop
 
 pytestmark = pytest.mark.timeout(120)

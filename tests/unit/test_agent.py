@@ -13,9 +13,9 @@ import uvloop
 from structlog.testing import capture_logs
 
 from launcher import flags
-from launcher.agent import AgentCache, AgentPoller, _delays, groups_from
-from launcher.guest_info import FSFREEZE_STATUS, GUEST_INFO, LOAD, OSINFO
-from launcher.libvirt_conn import Connection, ensure_event_loop
+from launcher.guest.info import FSFREEZE_STATUS, GUEST_INFO, LOAD, OSINFO
+from launcher.guest.poller import AgentCache, AgentPoller, _delays, groups_from
+from launcher.libvirt.connection import Connection, ensure_event_loop
 
 
 def test_first_poll_then_10s_doubling_up_to_the_interval() -> None:

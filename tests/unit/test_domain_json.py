@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from launcher.domain_json import build, dumps, now_rfc3339, rfc3339, spec_from_xml
+from launcher.notify.domain_json import build, dumps, now_rfc3339, rfc3339, spec_from_xml
 
 UID = "6c0c9f10-8a47-4b55-9b3f-0b9ab3b1a2c4"
 PRIVATE = f"/var/run/kubevirt-private/{UID}"

@@ -1,7 +1,7 @@
 """libvirt (state, reason) and lifecycle events in KubeVirt's vocabulary.
 
 Every number comes from the libvirt python module's constants, so these tests prove that our
-pure tables (launcher.domain_state, which deliberately does not import libvirt) match
+pure tables (launcher.notify.domain_state, which deliberately does not import libvirt) match
 libvirt's ABI, and that the strings match KubeVirt's LifeCycleTranslationMap and its
 Shutdown/Shutoff/Crashed/Paused reason maps (pkg/virt-launcher/virtwrap/util; ConvReason
 answers "Unknown" for every other state).
@@ -12,7 +12,7 @@ from __future__ import annotations
 import libvirt
 import pytest
 
-from launcher.domain_state import (
+from launcher.notify.domain_state import (
     LIFECYCLE,
     LIFECYCLE_DETAILS,
     NON_EXISTENT,

@@ -26,9 +26,9 @@ from typing import Any
 
 import pytest
 
-from launcher import freezer
 from launcher._proto.kubevirt.cmd.v1 import cmd_pb2
-from launcher.cmd_server import CmdServer, Handler
+from launcher.cmd.server import CmdServer, Handler
+from launcher.guest import freezer
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -238,7 +238,7 @@ class Result:
 async def virt_freezer(*argv: str, env: dict[str, str] | None = None) -> Result:
     """The CLI as a hook runs it: a separate process, its own gRPC client."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "launcher.freezer", *argv, cwd=REPO,
+        sys.executable, "-m", "launcher.guest.freezer", *argv, cwd=REPO,
         env={**os.environ, **(env or {})},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 60)

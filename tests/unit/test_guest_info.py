@@ -1,4 +1,4 @@
-"""launcher.guest_info: raw guest agent replies -> the JSON KubeVirt's virt-launcher serves.
+"""launcher.guest.info: raw guest agent replies -> the JSON KubeVirt's virt-launcher serves.
 
 Fixtures follow what the test guest's qemu-ga really returned (reference real-components.md
 section 6); expected shapes follow kubevirt/kubevirt types.go / manager.go / agent_poller.go.
@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from launcher.guest_info import (
+from launcher.guest.info import (
     FSFREEZE_STATUS,
     FSINFO,
     GUEST_INFO,

@@ -12,10 +12,11 @@ from typing import Any
 import pytest
 import yaml
 
-from launcher import flags, freezer
+from launcher import flags
 from launcher.converter import Conversion, ConvertOptions, convert
 from launcher.converter.plan import ContainerDiskOverlay
-from launcher.sync import STANDALONE_ENV, adopt_identity, parse_standalone
+from launcher.guest import freezer
+from launcher.vm.sync import STANDALONE_ENV, adopt_identity, parse_standalone
 
 REPO = Path(__file__).resolve().parents[2]
 POD = REPO / "hack" / "kubernetes" / "standalone-pod.yaml"

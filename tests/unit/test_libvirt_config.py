@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from launcher import flags, libvirt_config
+from launcher import flags
+from launcher.libvirt import config as libvirt_config
 from launcher.paths import derive
 
 

@@ -18,8 +18,8 @@ from typing import Any
 import libvirt
 import pytest
 
-from launcher import libvirt_conn
-from launcher.libvirt_conn import Connection
+from launcher.libvirt import connection as libvirt_conn
+from launcher.libvirt.connection import Connection
 
 
 class FakeConn:

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from structlog.testing import capture_logs
 
-from launcher import notifier as notifier_mod
-from launcher.notifier import (
+from launcher.notify import notifier as notifier_mod
+from launcher.notify.notifier import (
     DropOldestQueue,
     EventType,
     Notifier,

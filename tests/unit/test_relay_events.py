@@ -10,17 +10,17 @@ from typing import Any, cast
 
 import pytest
 
-from launcher.domain_state import State
-from launcher.events import (
+from launcher.libvirt.connection import Connection
+from launcher.notify.domain_state import State
+from launcher.notify.events import (
     AGENT_LIFECYCLE,
     IO_ERROR,
     LIFECYCLE,
     WATCHDOG,
     DomainEvent,
 )
-from launcher.libvirt_conn import Connection
-from launcher.notifier import Notifier
-from launcher.relay import DomainRead, DomainRelay
+from launcher.notify.notifier import Notifier
+from launcher.notify.relay import DomainRead, DomainRelay
 
 DOM = "default_vm"
 

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from launcher.restart_policy import RestartPolicy, RestartTracker
+from launcher.libvirt.restart_policy import RestartPolicy, RestartTracker
 
 
 def test_backoff_starts_fast_doubles_and_caps() -> None:

@@ -1,4 +1,4 @@
-"""launcher.sync's pure parts: VirtualMachineOptions -> ConvertOptions, the KVM probe (fake
+"""launcher.vm.sync's pure parts: VirtualMachineOptions -> ConvertOptions, the KVM probe (fake
 cpuinfo text, fake devices), STANDALONE_VMI parsing and identity, the restart diff; and the
 Syncer's decisions against a scripted fake libvirt (what test:///default cannot do: a start
 that fails, and the roll-back that must follow)."""
@@ -27,9 +27,9 @@ from launcher.converter import (
     defaults,
 )
 from launcher.converter.plan import ExistingFile, Prep
-from launcher.libvirt_conn import Connection
+from launcher.libvirt.connection import Connection
 from launcher.paths import derive
-from launcher.sync import (
+from launcher.vm.sync import (
     StandaloneError,
     Syncer,
     SyncError,
@@ -406,7 +406,7 @@ class NoDomain(libvirt.libvirtError):  # type: ignore[misc]
 
 
 class FakeConnection:
-    """launcher.libvirt_conn.Connection's surface the Syncer uses."""
+    """launcher.libvirt.connection.Connection's surface the Syncer uses."""
 
     def __init__(self, conn: FakeConn) -> None:
         self.conn = conn

@@ -1,12 +1,12 @@
 """The test oracle (tests/support/virt_handler.py) and the virt-handler stand-in's decisions
-(launcher.handler_standin) on hand-made snapshot sequences: the verdicts virt-handler's code
+(launcher.notify.handler_standin) on hand-made snapshot sequences: the verdicts virt-handler's code
 reaches for the sequences this launcher sends, and for the one it used to send."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from launcher.handler_standin import decide
+from launcher.notify.handler_standin import decide
 from tests.support.virt_handler import replay
 
 NOW = 1_800_000_000.0

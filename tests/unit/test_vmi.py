@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from launcher.vmi import VMI, VMIError, parse
+from launcher.cmd.vmi import VMI, VMIError, parse
 
 DOMAIN = "ns1_vm1"
 

@@ -16,7 +16,7 @@ import yaml
 from launcher.converter import ConversionError, ConvertOptions, SMBios, convert
 from launcher.converter.cpu import IOThreads
 from launcher.converter.plan import ExistingFile
-from launcher.domain_json import kubevirt_metadata
+from launcher.notify.domain_json import kubevirt_metadata
 from tests.unit.converter import support
 
 DATA = Path(__file__).parent / "data"

@@ -34,9 +34,9 @@ import libvirt
 import libvirt_qemu
 import structlog
 
-from launcher.domain_state import State, status_and_reason
-from launcher.libvirt_conn import Connection
-from launcher.relay import DomainRead
+from launcher.libvirt.connection import Connection
+from launcher.notify.domain_state import State, status_and_reason
+from launcher.notify.relay import DomainRead
 
 FSFREEZE_STATUS_CMD = '{"execute":"guest-fsfreeze-status"}'
 FROZEN = "frozen"

@@ -1,4 +1,4 @@
-"""The disk preparation's one error (launcher.disks, launcher.isos)."""
+"""The disk preparation's one error (launcher.vm.disks, launcher.vm.isos)."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from typing import Any
 import libvirt
 import structlog
 
-from launcher.domain_state import (
+from launcher.notify.domain_state import (
     AGENT_REASONS,
     AGENT_STATES,
     IO_ERROR_ACTIONS,

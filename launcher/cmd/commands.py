@@ -9,16 +9,16 @@ Semantics follow KubeVirt's cmd-server and LibvirtDomainManager (pkg/virt-launch
   is gone, already off or (Delete) no longer defined makes each of them a success.
 - SoftReboot reboots through the guest agent when it is connected, else ACPI (refused when
   the VMI disabled ACPI); an unresponsive agent is not an error (KubeVirt's choice).
-- Reset is a hard reset; Freeze/Unfreeze go through launcher.freeze.FreezeManager.
+- Reset is a hard reset; Freeze/Unfreeze go through launcher.guest.freeze.FreezeManager.
 - GetGuestInfo / GetUsers / GetFilesystems come from the agent cache, never the agent.
 - GetDomainStats is cached 3.25 s, GetDomainDirtyRateStats 3 s (KubeVirt's caches).
 - Errors: Response{success: false, message} for every rpc, except Exec and GuestPing which
   answer a real gRPC status (as KubeVirt, whose handlers return the Go error there).
   Messages carry libvirt's code, symbolic name and text. virt-handler prefixes them with
   the command's name itself, so ours do not repeat it.
-- Requests naming a VMI are validated first (launcher.vmi): malformed JSON or another
+- Requests naming a VMI are validated first (launcher.cmd.vmi): malformed JSON or another
   VMI than ours is refused before libvirt is touched.
-- SyncVirtualMachine goes through launcher.sync.Syncer (convert, prepare the disks, define
+- SyncVirtualMachine goes through launcher.vm.sync.Syncer (convert, prepare the disks, define
   and start; on a running domain, update the definition and say what needs a restart).
   Beyond KubeVirt, a VMI whose uid differs from --uid (another incarnation of the same
   name) is refused. Migration, hotplug, SEV, backup, checkpoint and device rpcs answer
@@ -53,19 +53,20 @@ import libvirt
 import libvirt_qemu
 import structlog
 
-from launcher import guest_info, paths
+from launcher import paths
 from launcher._proto.kubevirt.cmd.v1 import cmd_pb2
-from launcher.agent import AgentCache
-from launcher.cmd_server import MAX_MESSAGE_BYTES, Handler, failure
-from launcher.domain_state import State, status_and_reason
+from launcher.cmd.server import MAX_MESSAGE_BYTES, Handler, failure
+from launcher.cmd.vmi import VMI, VMIError
+from launcher.cmd.vmi import parse as parse_vmi
 from launcher.flags import Options
-from launcher.freeze import FreezeError, FreezeManager
-from launcher.libvirt_conn import Connection
-from launcher.libvirt_errors import libvirt_message, unsupported_flags
-from launcher.relay import DomainRead, DomainRelay
-from launcher.sync import Syncer, SyncError, uid_mismatch
-from launcher.vmi import VMI, VMIError
-from launcher.vmi import parse as parse_vmi
+from launcher.guest import info as guest_info
+from launcher.guest.freeze import FreezeError, FreezeManager
+from launcher.guest.poller import AgentCache
+from launcher.libvirt.connection import Connection
+from launcher.libvirt.errors import libvirt_message, unsupported_flags
+from launcher.notify.domain_state import State, status_and_reason
+from launcher.notify.relay import DomainRead, DomainRelay
+from launcher.vm.sync import Syncer, SyncError, uid_mismatch
 
 T = TypeVar("T")
 

@@ -1,7 +1,7 @@
-"""ISO 9660 images for the launcher's disk preparation (launcher.disks): cloud-init data
+"""ISO 9660 images for the launcher's disk preparation (launcher.vm.disks): cloud-init data
 sources and the configMap / secret / downwardAPI / serviceAccount / sysprep disks
 KubeVirt builds with xorrisofs (Joliet + Rock Ridge). Built in-process with pycdlib
-(no xorriso in the image). Errors are launcher.disks' DiskError, naming the volume."""
+(no xorriso in the image). Errors are launcher.vm.disks' DiskError, naming the volume."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import io
 import os
 
 from launcher.converter.plan import CloudInitIso
-from launcher.disk_error import DiskError
+from launcher.vm.disk_error import DiskError
 
 NO_CLOUD_LABEL = "cidata"
 CONFIG_DRIVE_LABEL = "config-2"

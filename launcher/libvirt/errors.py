@@ -1,6 +1,6 @@
 """libvirt errors as text for clients and logs: code, symbolic name and libvirt's message.
 
-Shared by the command API (launcher.commands) and SyncVirtualMachine (launcher.sync), which
+Shared by the command API (launcher.cmd.commands) and SyncVirtualMachine (launcher.vm.sync), which
 both answer with libvirt's words."""
 
 from __future__ import annotations

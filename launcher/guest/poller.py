@@ -24,10 +24,10 @@ import libvirt
 import libvirt_qemu
 import structlog
 
-from launcher import guest_info
+from launcher.guest import info as guest_info
 
 # The cache stores each raw agent command's "return" value under the command's name.
-from launcher.guest_info import (
+from launcher.guest.info import (
     FSFREEZE_STATUS,
     FSINFO,
     GUEST_INFO,
@@ -38,7 +38,7 @@ from launcher.guest_info import (
     TIMEZONE,
     USERS,
 )
-from launcher.libvirt_conn import Connection
+from launcher.libvirt.connection import Connection
 
 AGENT_TIMEOUT_S = 5  # per agent command (libvirt's own timeout)
 CALL_GUARD_S = AGENT_TIMEOUT_S + 5  # asyncio-side guard, should libvirt itself hang

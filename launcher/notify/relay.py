@@ -28,8 +28,9 @@ from typing import Any
 import libvirt
 import structlog
 
-from launcher import domain_json
-from launcher.domain_state import (
+from launcher.libvirt.connection import Connection
+from launcher.notify import domain_json
+from launcher.notify.domain_state import (
     DEFINED_ADDED,
     NON_EXISTENT,
     Lifecycle,
@@ -39,7 +40,7 @@ from launcher.domain_state import (
     status_and_reason,
     stopped_reason,
 )
-from launcher.events import (
+from launcher.notify.events import (
     AGENT_LIFECYCLE,
     IO_ERROR,
     LIFECYCLE,
@@ -47,8 +48,7 @@ from launcher.events import (
     DomainEvent,
     Subscription,
 )
-from launcher.libvirt_conn import Connection
-from launcher.notifier import EventType, Notifier
+from launcher.notify.notifier import EventType, Notifier
 
 # A snapshot needs libvirt; while it is reconnecting, wait this long before giving up on
 # this one (a fresh snapshot follows the reconnect anyway).

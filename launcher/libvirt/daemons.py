@@ -22,8 +22,8 @@ import structlog
 
 from launcher import ladder
 from launcher.flags import Options
+from launcher.libvirt.restart_policy import RestartPolicy, RestartTracker
 from launcher.paths import VIRTLOGD, Paths
-from launcher.restart_policy import RestartPolicy, RestartTracker
 
 READY_POLL_S = 0.02
 LAST_LINES = 20

@@ -4,7 +4,7 @@ KubeVirt's SyncVMI, for the parts this launcher supports:
 - the VMI goes through the converter (launcher.converter) with virt-handler's
   VirtualMachineOptions and the launcher's flags and paths (`options_from_request`);
 - a domain that is not running: the disks and ISOs the XML relies on are prepared
-  (launcher.disks, in a worker thread: qemu-img and file I/O), the domain is defined and
+  (launcher.vm.disks, in a worker thread: qemu-img and file I/O), the domain is defined and
   started (paused when spec.startStrategy is "Paused", as KubeVirt). A start that fails
   leaves libvirt as it was: a domain defined by this sync is undefined again, an earlier
   definition is restored. As KubeVirt, a down domain of a VMI whose phase says it ran
@@ -43,7 +43,6 @@ from typing import Any
 import libvirt
 import structlog
 
-from launcher import disks
 from launcher.converter import (
     ClusterConfig,
     Conversion,
@@ -56,9 +55,10 @@ from launcher.converter import (
 )
 from launcher.converter.plan import Prep
 from launcher.flags import Options
-from launcher.libvirt_conn import Connection
-from launcher.libvirt_errors import libvirt_message, unsupported_flags
+from launcher.libvirt.connection import Connection
+from launcher.libvirt.errors import libvirt_message, unsupported_flags
 from launcher.paths import Paths, agent_socket_too_long, reroot
+from launcher.vm import disks
 
 STANDALONE_ENV = "STANDALONE_VMI"
 KUBEVIRT_NS = "http://kubevirt.io"
@@ -477,7 +477,7 @@ class Syncer:
         self._convert = convert_fn
         if prepare_fn in (disks.prepare_isolated, disks.prepare):
             # Every file a VMI makes us touch stays in the launcher's disk directories
-            # (launcher.disks: a symlink out of a mounted volume is refused).
+            # (launcher.vm.disks: a symlink out of a mounted volume is refused).
             prepare_fn = functools.partial(prepare_fn, confine=disk_directories(paths))
         self._prepare = prepare_fn
         self._probe_fn = kvm_probe
@@ -548,7 +548,7 @@ class Syncer:
             raise SyncError(str(exc), exc.path) from None
         if kvm_error is not None:
             raise kvm_error
-        if conversion.name != self.domain:  # launcher.vmi refused this already
+        if conversion.name != self.domain:  # launcher.cmd.vmi refused this already
             raise SyncError(f'the VMI converts to domain "{conversion.name}", not this '
                             f'launcher\'s "{self.domain}"')
         current = await self._libvirt("reading the domain", self._inspect)

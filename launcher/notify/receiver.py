@@ -15,7 +15,7 @@ Events answered with success=false (--reject-every N: every Nth event) are print
 demo and the tests as virt-handler, and handy for watching a launcher by hand.
 
 With --act-as-virt-handler it also drives the launcher's end of life over the command
-socket the way virt-handler does (launcher.handler_standin), and prints what it did:
+socket the way virt-handler does (launcher.notify.handler_standin), and prints what it did:
 
     {"kind": "handler", "action": "Shutdown"|"Kill"|"Delete", "success": ..., ...}
 """
@@ -41,8 +41,8 @@ import uvloop
 from launcher import logs
 from launcher._proto.kubevirt.notify.info import info_pb2, info_pb2_grpc
 from launcher._proto.kubevirt.notify.v1 import notify_pb2, notify_pb2_grpc
-from launcher.handler_standin import HandlerStandIn
-from launcher.notifier import grpc_target
+from launcher.notify.handler_standin import HandlerStandIn
+from launcher.notify.notifier import grpc_target
 
 STOP_GRACE_S = 1.0
 

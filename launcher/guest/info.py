@@ -1,7 +1,7 @@
 """Shape raw QEMU guest agent replies into the JSON KubeVirt's virt-launcher serves.
 
 Pure functions, no I/O. Input everywhere is `raw`: {agent command name: that command's
-"return" value}, as launcher.agent.AgentCache.raw() holds it. Any key may be missing (not
+"return" value}, as launcher.guest.poller.AgentCache.raw() holds it. Any key may be missing (not
 polled yet, or the command is unsupported), and every value comes from the guest, so it is
 untrusted: wrong types, missing keys and None never raise. A bad container (e.g. a
 guest-get-users reply that is not a list) counts as no data; a bad entry inside a list is
@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-# Raw agent command names (the same strings launcher.agent uses as cache keys).
+# Raw agent command names (the same strings launcher.guest.poller uses as cache keys).
 GUEST_INFO = "guest-info"
 OSINFO = "guest-get-osinfo"
 HOSTNAME = "guest-get-host-name"

@@ -48,7 +48,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from launcher import isos
 from launcher.converter.plan import (
     CloudInitIso,
     ConfigIso,
@@ -58,7 +57,8 @@ from launcher.converter.plan import (
     FileDisk,
     Prep,
 )
-from launcher.disk_error import DiskError
+from launcher.vm import isos
+from launcher.vm.disk_error import DiskError
 
 __all__ = ["DiskError", "block_volumes", "prepare", "prepare_isolated"]
 
@@ -374,11 +374,11 @@ def _decode(raw: dict[str, Any]) -> Prep:
 
 def prepare_isolated(preps: Sequence[Prep], *, owner: Owner | None = None,
                      confine: Sequence[str] = ()) -> None:
-    """prepare() in a child interpreter (`python -m launcher.disks`); same errors."""
+    """prepare() in a child interpreter (`python -m launcher.vm.disks`); same errors."""
     payload = json.dumps({"owner": owner, "preps": [_encode(p) for p in preps],
                           "confine": list(confine)})
     try:
-        proc = subprocess.run([sys.executable, "-m", "launcher.disks"], input=payload,
+        proc = subprocess.run([sys.executable, "-m", "launcher.vm.disks"], input=payload,
                               capture_output=True, text=True, timeout=WORKER_TIMEOUT_S,
                               check=False)
     except subprocess.TimeoutExpired:
