@@ -59,14 +59,9 @@ from launcher.shutdown_budget import (
     STANDALONE_DELETE_WAIT_S,
     STANDALONE_UNDEFINE_S,
 )
-from launcher.vm.sync import (
-    STANDALONE_ENV,
-    StandaloneError,
-    Syncer,
-    SyncError,
-    adopt_identity,
-    parse_standalone,
-)
+from launcher.vm.errors import StandaloneError, SyncError
+from launcher.vm.standalone import STANDALONE_ENV, adopt_identity, parse_standalone
+from launcher.vm.sync import Syncer
 
 SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP)
 DOMAIN_POLL_S = 1.0  # besides every libvirt event
@@ -130,7 +125,7 @@ class Launcher:
                  environ: Mapping[str, str] | None = None) -> None:
         env = os.environ if environ is None else environ
         # STANDALONE_VMI is read before anything is built: the VMI may name the domain
-        # (flags left empty take its metadata, see launcher.vm.sync.adopt_identity).
+        # (flags left empty take its metadata, see launcher.vm.standalone.adopt_identity).
         self.standalone: dict[str, Any] | None = None
         self._standalone_error: StandaloneError | None = None
         if STANDALONE_ENV in env:

@@ -13,24 +13,12 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from launcher.converter.spec import json_kind
+from launcher.vm.identity import IdentityError, metadata_string
+
 
 class VMIError(ValueError):
     """A request's VMI cannot be used; the message says which field and why."""
-
-
-def _kind(value: object) -> str:
-    """JSON's name for a decoded value's type, for messages."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"
 
 
 @dataclass(frozen=True)
@@ -69,17 +57,6 @@ class VMI:
         return isinstance(node, dict) and node.get("enabled") is False
 
 
-def _string(meta: dict[str, Any], key: str, *, required: bool) -> str:
-    value = meta.get(key)
-    if value is None or value == "":
-        if required:
-            raise VMIError(f"vmi: metadata.{key}: required")
-        return ""
-    if not isinstance(value, str):
-        raise VMIError(f"vmi: metadata.{key}: expected a string, got {_kind(value)}")
-    return value
-
-
 def parse(vmi_json: bytes, *, domain: str | None = None) -> VMI:
     """The VMI in `vmi_json`. With `domain`, the VMI must name that libvirt domain
     (<namespace>_<name>): a launcher serves exactly one VMI."""
@@ -95,16 +72,14 @@ def parse(vmi_json: bytes, *, domain: str | None = None) -> VMI:
     except RecursionError:  # "[[[[..." from a hostile or broken client
         raise VMIError("vmi: invalid JSON: nested too deeply") from None
     if not isinstance(doc, dict):
-        raise VMIError(f"vmi: expected a JSON object, got {_kind(doc)}")
-    meta = doc.get("metadata")
-    if meta is None:
-        raise VMIError("vmi: metadata: required")
-    if not isinstance(meta, dict):
-        raise VMIError(f"vmi: metadata: expected an object, got {_kind(meta)}")
-    vmi = VMI(name=_string(meta, "name", required=True),
-              namespace=_string(meta, "namespace", required=True),
-              uid=_string(meta, "uid", required=False),
-              raw=doc)
+        raise VMIError(f"vmi: expected a JSON object, got {json_kind(doc)}")
+    try:
+        vmi = VMI(name=metadata_string(doc, "name", required=True),
+                  namespace=metadata_string(doc, "namespace", required=True),
+                  uid=metadata_string(doc, "uid", required=False),
+                  raw=doc)
+    except IdentityError as exc:
+        raise VMIError(f"vmi: {exc}") from None
     if domain is not None and vmi.domain_name != domain:
         raise VMIError(f'vmi "{vmi.key}" does not match this launcher\'s domain "{domain}"')
     return vmi

@@ -19,7 +19,9 @@ from launcher.converter.errors import ConversionError
 
 
 def json_kind(value: object) -> str:
-    """JSON's name for a decoded value's type, for messages."""
+    """JSON's name for a decoded value's type, for messages (the one definition: the
+    converter, the command API's VMI parsing and STANDALONE_VMI use it). What JSON cannot
+    say (YAML's binary, sets) goes by its Python name."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -30,7 +32,9 @@ def json_kind(value: object) -> str:
         return "string"
     if isinstance(value, list):
         return "array"
-    return "object"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
 
 
 Key = str | int

@@ -27,7 +27,7 @@ paths, not file descriptors, so a process that can rewrite a volume while the VM
 is out of reach of any check here.
 
 disks.prepare is driven directly with the launcher's own confinement directories
-(launcher.vm.sync.disk_directories), and once through a real SyncVirtualMachine over the
+(launcher.vm.options.disk_directories), and once through a real SyncVirtualMachine over the
 command socket, to prove the launcher really passes them.
 """
 
@@ -52,7 +52,7 @@ from launcher.converter import ConvertOptions, DiskInfo, convert
 from launcher.converter.plan import Prep
 from launcher.paths import Paths, derive
 from launcher.vm.disks import DiskError, prepare
-from launcher.vm.sync import disk_directories
+from launcher.vm.options import disk_directories
 from tests.integration.notify_support import run_uvloop
 from tests.integration.test_bad_input import CALL_TIMEOUT_S, rig, vmi_doc
 

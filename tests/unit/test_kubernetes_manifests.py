@@ -16,7 +16,7 @@ from launcher import flags
 from launcher.converter import Conversion, ConvertOptions, convert
 from launcher.converter.plan import ContainerDiskOverlay
 from launcher.guest import freezer
-from launcher.vm.sync import STANDALONE_ENV, adopt_identity, parse_standalone
+from launcher.vm.standalone import STANDALONE_ENV, adopt_identity, parse_standalone
 
 REPO = Path(__file__).resolve().parents[2]
 POD = REPO / "hack" / "kubernetes" / "standalone-pod.yaml"

@@ -29,21 +29,13 @@ from launcher.converter import (
 from launcher.converter.plan import ExistingFile, Prep
 from launcher.libvirt.connection import Connection
 from launcher.paths import derive
-from launcher.vm.sync import (
-    StandaloneError,
-    Syncer,
-    SyncError,
-    adopt_identity,
-    cpu_virt_missing,
-    kvm_device_problem,
-    kvm_usable,
-    options_from_request,
-    parse_standalone,
-    pod_cpus,
-    restart_needed,
-    uid_mismatch,
-    use_emulation,
-)
+from launcher.vm.errors import StandaloneError, SyncError
+from launcher.vm.identity import uid_mismatch
+from launcher.vm.kvm import cpu_virt_missing, kvm_device_problem, kvm_usable, use_emulation
+from launcher.vm.options import options_from_request, pod_cpus
+from launcher.vm.standalone import adopt_identity, parse_standalone
+from launcher.vm.sync import Syncer
+from launcher.vm.xmldiff import restart_needed
 
 ARGS = ["--runtime-root", "/tmp/pvl-u", "--name", "vm1", "--namespace", "ns1", "--uid", "u-1"]
 OPTS = flags.parse(ARGS, environ={})

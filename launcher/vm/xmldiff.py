@@ -1,0 +1,73 @@
+"""What a new definition changes in a running domain: the top-level parts (devices by kind)
+that differ from what it was started with, and the parts applied live."""
+
+from __future__ import annotations
+
+import copy
+import xml.etree.ElementTree as ET
+
+KUBEVIRT_NS = "http://kubevirt.io"
+# The one top-level part applied live besides the balloon period; never a restart reason.
+LIVE_PARTS = ("metadata",)
+
+
+def canonical(elem: ET.Element) -> str:
+    elem = copy.deepcopy(elem)
+    for node in elem.iter():
+        if node.text is not None and not node.text.strip():
+            node.text = None
+        node.tail = None
+    return ET.tostring(elem, encoding="unicode")
+
+
+def _without_stats(balloon: ET.Element) -> ET.Element:
+    balloon = copy.deepcopy(balloon)
+    for stats in balloon.findall("stats"):
+        balloon.remove(stats)
+    return balloon
+
+
+def _parts(xml: str) -> dict[str, list[str]]:
+    root = ET.fromstring(xml)
+    parts: dict[str, list[str]] = {}
+    for attr, value in sorted(root.attrib.items()):
+        if attr != "id":  # the running instance's number, not configuration
+            parts[f"domain@{attr}"] = [value]
+    for child in root:
+        if child.tag in LIVE_PARTS:
+            continue
+        if child.tag != "devices":
+            parts.setdefault(child.tag, []).append(canonical(child))
+            continue
+        for dev in child:
+            # The balloon's statistics period changes live.
+            kept = _without_stats(dev) if dev.tag == "memballoon" else dev
+            parts.setdefault(f"devices/{dev.tag}", []).append(canonical(kept))
+    return parts
+
+
+def restart_needed(started_with: str, new: str) -> list[str]:
+    """The top-level parts (devices by kind) in which `new` differs from the definition
+    the running domain was started with, e.g. ["devices/disk", "memory"]. Both are
+    libvirt's own rendering (XMLDesc of the inactive definition), so equal input gives
+    equal text."""
+    old_parts, new_parts = _parts(started_with), _parts(new)
+    return sorted(k for k in old_parts.keys() | new_parts.keys()
+                  if old_parts.get(k) != new_parts.get(k))
+
+
+def kubevirt_metadata(xml: str) -> ET.Element | None:
+    return ET.fromstring(xml).find(f"metadata/{{{KUBEVIRT_NS}}}kubevirt")
+
+
+def balloon_period(xml: str) -> int | None:
+    balloon = ET.fromstring(xml).find("devices/memballoon")
+    if balloon is None or balloon.get("model") == "none":
+        return None
+    stats = balloon.find("stats")
+    if stats is None:
+        return 0
+    try:
+        return int(stats.get("period", "0"))
+    except ValueError:
+        return None
