@@ -18,8 +18,9 @@ Deliberate differences
 - Without spec.domain.firmware.uuid, the NoCloud instance-id is NAME.NAMESPACE and the
   ConfigDrive uuid is metadata.uid (KubeVirt would pick a random UUID each start, making
   cloud-init treat every boot as a new instance).
-- Not supported: SSH keys propagated through cloud-init (accessCredentials with
-  propagationMethod noCloud / configDrive).
+- Not supported: access credentials (refuse_access_credentials): SSH keys propagated
+  through cloud-init (noCloud / configDrive) or the guest agent, passwords through the
+  guest agent.
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ INSTANCETYPE_ANNOTATIONS = ("kubevirt.io/cluster-instancetype-name",
 def build(ctx: Context, volume: Volume, readonly: bool) -> Source:
     """A cloud-init volume as its data source ISO."""
     source = volume.source
-    _refuse_propagated_keys(ctx)
     user = _data(source, "userData")
     network = _data(source, "networkData")
     user_files = _secret_files(ctx, volume, "userData", user)
@@ -97,14 +97,32 @@ def _data(source: Node, key: str) -> bytes | None:
         source.fail("is not valid base64", f"{key}Base64")
 
 
-def _refuse_propagated_keys(ctx: Context) -> None:
-    """SSH keys KubeVirt would copy into the cloud-init metadata come from secrets this
-    pure conversion cannot read."""
+# accessCredentials[].<kind>.propagationMethod.<method>: why each is refused.
+_PROPAGATION_REASONS = {
+    "noCloud": "SSH keys copied into cloud-init metadata come from a secret this pure "
+               "conversion cannot read",
+    "configDrive": "SSH keys copied into cloud-init metadata come from a secret this pure "
+                   "conversion cannot read",
+    "qemuGuestAgent": "KubeVirt's launcher writes the keys or password into the guest "
+                      "through the guest agent whenever the secret changes; this one does "
+                      "not",
+}
+
+
+def refuse_access_credentials(ctx: Context) -> None:
+    """spec.accessCredentials: every propagation method needs something this launcher does
+    not do, so any credential is refused, naming the method when one is given (never a
+    guest that silently lacks the keys)."""
     for cred in ctx.spec.items("accessCredentials"):
-        method = cred.obj("sshPublicKey").obj("propagationMethod")
-        for key in ("noCloud", "configDrive"):
-            if method.has(key):
-                method.fail("not supported by this launcher", key)
+        kinds = [key for key in ("sshPublicKey", "userPassword") if cred.has(key)]
+        if not kinds:
+            cred.fail("not supported by this launcher (no credential propagation)")
+        for kind in kinds:
+            method = cred.obj(kind).obj("propagationMethod")
+            for key, reason in _PROPAGATION_REASONS.items():
+                if method.has(key):
+                    method.fail(f"not supported by this launcher: {reason}", key)
+            cred.fail("not supported by this launcher (no credential propagation)", kind)
 
 
 def _firmware_uuid(ctx: Context) -> str:
