@@ -8,10 +8,10 @@ Matched KubeVirt behaviour
   "instance_id": "NAME.NAMESPACE", "hostname", "uuid"}; the instance type from the
   kubevirt.io/(cluster-)instancetype-name annotations; the hostname is spec.hostname,
   else the name up to its first "." (dns.SanitizeHostname).
-- userData / networkData as text or base64, or from a secret (userDataSecretRef /
-  networkDataSecretRef): virt-controller mounts it at <private>/secret/VOLUME, the key
-  "userdata" (else "userData"), "networkdata" (else "networkData"); the launcher reads it
-  when it builds the ISO.
+- userData / networkData as text or base64, or from a secret (secretRef, KubeVirt's
+  JSON key of UserDataSecretRef / networkDataSecretRef): virt-controller mounts it at
+  <private>/secret/VOLUME, the key "userdata" (else "userData"), "networkdata" (else
+  "networkData"); the launcher reads it when it builds the ISO.
 - One cloud-init volume (KubeVirt only writes the first): a second is refused by name.
 
 Deliberate differences
@@ -36,6 +36,9 @@ from launcher.converter.spec import Node
 from launcher.converter.volumes import Source, Volume
 
 SECRET_SOURCE_DIR = "secret"  # KubeVirt's config.SecretSourceDir under the private dir
+# KubeVirt's JSON keys of UserDataSecretRef / NetworkDataSecretRef (the user data's is
+# plain "secretRef").
+SECRET_REF_KEYS = {"userData": "secretRef", "networkData": "networkDataSecretRef"}
 INSTANCETYPE_ANNOTATIONS = ("kubevirt.io/cluster-instancetype-name",
                             "kubevirt.io/instancetype-name")
 
@@ -48,7 +51,7 @@ def build(ctx: Context, volume: Volume, readonly: bool) -> Source:
     user_files = _secret_files(ctx, volume, "userData", user)
     network_files = _secret_files(ctx, volume, "networkData", network)
     if user is None and network is None and not user_files and not network_files:
-        source.fail("needs userData, userDataBase64, userDataSecretRef, networkData, "
+        source.fail("needs userData, userDataBase64, secretRef, networkData, "
                     "networkDataBase64 or networkDataSecretRef")
     no_cloud = volume.kind == "cloudInitNoCloud"
     kind, file = ("noCloud", "noCloud.iso") if no_cloud else ("configDrive",
@@ -65,17 +68,17 @@ def build(ctx: Context, volume: Volume, readonly: bool) -> Source:
 
 def _secret_files(ctx: Context, volume: Volume, key: str, inline: bytes | None
                   ) -> tuple[str, ...]:
-    """`key`SecretRef: the files of the secret KubeVirt's virt-controller mounts at
-    <private>/secret/<volume>/<key in lower case> (and in camel case), read in that order
-    (cloud-init's readFirstFoundFileFromDir)."""
+    """secretRef (user data) / networkDataSecretRef: the files of the secret KubeVirt's
+    virt-controller mounts at <private>/secret/<volume>/<key in lower case> (and in camel
+    case), read in that order (cloud-init's readFirstFoundFileFromDir)."""
     source = volume.source
-    ref = source.obj(f"{key}SecretRef")
+    ref_key = SECRET_REF_KEYS[key]
+    ref = source.obj(ref_key)
     if not ref.present:
         return ()
     ref.str("name")
     if inline is not None:
-        source.fail(f"{key}SecretRef and {key} / {key}Base64 cannot both be set",
-                    f"{key}SecretRef")
+        source.fail(f"{ref_key} and {key} / {key}Base64 cannot both be set", ref_key)
     base = posixpath.join(ctx.opts.private_dir, SECRET_SOURCE_DIR, volume.name)
     return (posixpath.join(base, key.lower()), posixpath.join(base, key))
 
