@@ -8,18 +8,19 @@ Matched KubeVirt behaviour
   "instance_id": "NAME.NAMESPACE", "hostname", "uuid"}; the instance type from the
   kubevirt.io/(cluster-)instancetype-name annotations; the hostname is spec.hostname,
   else the name up to its first "." (dns.SanitizeHostname).
-- userData / networkData as text or base64, or from a secret (userDataSecretRef /
-  networkDataSecretRef): virt-controller mounts it at <private>/secret/VOLUME, the key
-  "userdata" (else "userData"), "networkdata" (else "networkData"); the launcher reads it
-  when it builds the ISO.
+- userData / networkData as text or base64, or from a secret (secretRef, KubeVirt's
+  JSON key of UserDataSecretRef / networkDataSecretRef): virt-controller mounts it at
+  <private>/secret/VOLUME, the key "userdata" (else "userData"), "networkdata" (else
+  "networkData"); the launcher reads it when it builds the ISO.
 - One cloud-init volume (KubeVirt only writes the first): a second is refused by name.
 
 Deliberate differences
 - Without spec.domain.firmware.uuid, the NoCloud instance-id is NAME.NAMESPACE and the
   ConfigDrive uuid is metadata.uid (KubeVirt would pick a random UUID each start, making
   cloud-init treat every boot as a new instance).
-- Not supported: SSH keys propagated through cloud-init (accessCredentials with
-  propagationMethod noCloud / configDrive).
+- Not supported: access credentials (refuse_access_credentials): SSH keys propagated
+  through cloud-init (noCloud / configDrive) or the guest agent, passwords through the
+  guest agent.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ from launcher.converter.spec import Node
 from launcher.converter.volumes import Source, Volume
 
 SECRET_SOURCE_DIR = "secret"  # KubeVirt's config.SecretSourceDir under the private dir
+# KubeVirt's JSON keys of UserDataSecretRef / NetworkDataSecretRef (the user data's is
+# plain "secretRef").
+SECRET_REF_KEYS = {"userData": "secretRef", "networkData": "networkDataSecretRef"}
 INSTANCETYPE_ANNOTATIONS = ("kubevirt.io/cluster-instancetype-name",
                             "kubevirt.io/instancetype-name")
 
@@ -42,13 +46,12 @@ INSTANCETYPE_ANNOTATIONS = ("kubevirt.io/cluster-instancetype-name",
 def build(ctx: Context, volume: Volume, readonly: bool) -> Source:
     """A cloud-init volume as its data source ISO."""
     source = volume.source
-    _refuse_propagated_keys(ctx)
     user = _data(source, "userData")
     network = _data(source, "networkData")
     user_files = _secret_files(ctx, volume, "userData", user)
     network_files = _secret_files(ctx, volume, "networkData", network)
     if user is None and network is None and not user_files and not network_files:
-        source.fail("needs userData, userDataBase64, userDataSecretRef, networkData, "
+        source.fail("needs userData, userDataBase64, secretRef, networkData, "
                     "networkDataBase64 or networkDataSecretRef")
     no_cloud = volume.kind == "cloudInitNoCloud"
     kind, file = ("noCloud", "noCloud.iso") if no_cloud else ("configDrive",
@@ -65,17 +68,17 @@ def build(ctx: Context, volume: Volume, readonly: bool) -> Source:
 
 def _secret_files(ctx: Context, volume: Volume, key: str, inline: bytes | None
                   ) -> tuple[str, ...]:
-    """`key`SecretRef: the files of the secret KubeVirt's virt-controller mounts at
-    <private>/secret/<volume>/<key in lower case> (and in camel case), read in that order
-    (cloud-init's readFirstFoundFileFromDir)."""
+    """secretRef (user data) / networkDataSecretRef: the files of the secret KubeVirt's
+    virt-controller mounts at <private>/secret/<volume>/<key in lower case> (and in camel
+    case), read in that order (cloud-init's readFirstFoundFileFromDir)."""
     source = volume.source
-    ref = source.obj(f"{key}SecretRef")
+    ref_key = SECRET_REF_KEYS[key]
+    ref = source.obj(ref_key)
     if not ref.present:
         return ()
     ref.str("name")
     if inline is not None:
-        source.fail(f"{key}SecretRef and {key} / {key}Base64 cannot both be set",
-                    f"{key}SecretRef")
+        source.fail(f"{ref_key} and {key} / {key}Base64 cannot both be set", ref_key)
     base = posixpath.join(ctx.opts.private_dir, SECRET_SOURCE_DIR, volume.name)
     return (posixpath.join(base, key.lower()), posixpath.join(base, key))
 
@@ -97,14 +100,32 @@ def _data(source: Node, key: str) -> bytes | None:
         source.fail("is not valid base64", f"{key}Base64")
 
 
-def _refuse_propagated_keys(ctx: Context) -> None:
-    """SSH keys KubeVirt would copy into the cloud-init metadata come from secrets this
-    pure conversion cannot read."""
+# accessCredentials[].<kind>.propagationMethod.<method>: why each is refused.
+_PROPAGATION_REASONS = {
+    "noCloud": "SSH keys copied into cloud-init metadata come from a secret this pure "
+               "conversion cannot read",
+    "configDrive": "SSH keys copied into cloud-init metadata come from a secret this pure "
+                   "conversion cannot read",
+    "qemuGuestAgent": "KubeVirt's launcher writes the keys or password into the guest "
+                      "through the guest agent whenever the secret changes; this one does "
+                      "not",
+}
+
+
+def refuse_access_credentials(ctx: Context) -> None:
+    """spec.accessCredentials: every propagation method needs something this launcher does
+    not do, so any credential is refused, naming the method when one is given (never a
+    guest that silently lacks the keys)."""
     for cred in ctx.spec.items("accessCredentials"):
-        method = cred.obj("sshPublicKey").obj("propagationMethod")
-        for key in ("noCloud", "configDrive"):
-            if method.has(key):
-                method.fail("not supported by this launcher", key)
+        kinds = [key for key in ("sshPublicKey", "userPassword") if cred.has(key)]
+        if not kinds:
+            cred.fail("not supported by this launcher (no credential propagation)")
+        for kind in kinds:
+            method = cred.obj(kind).obj("propagationMethod")
+            for key, reason in _PROPAGATION_REASONS.items():
+                if method.has(key):
+                    method.fail(f"not supported by this launcher: {reason}", key)
+            cred.fail("not supported by this launcher (no credential propagation)", kind)
 
 
 def _firmware_uuid(ctx: Context) -> str:

@@ -263,6 +263,9 @@ def _watchdog(b: Build) -> None:
         return
     if b.arm:
         node.fail("watchdog is not supported on aarch64")
+    if node.has("diag288"):
+        node.fail("diag288 is the s390x watchdog; this launcher runs x86_64 and aarch64 "
+                  "guests (use i6300esb)", "diag288")
     name = device_name(node)
     if not node.has("i6300esb"):
         node.fail("required: the watchdog type (i6300esb)", "i6300esb")

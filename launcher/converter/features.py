@@ -2,10 +2,11 @@
 the guest clock and its timers (KubeVirt's converter: compute/hypervisor_features.go,
 compute/clock.go).
 
-- Features: ACPI unless disabled; apic, smm, Hyper-V enlightenments, kvm hidden and
-  pvspinlock only when asked; <kvm><hint-dedicated state='on'/> with dedicated CPUs on
-  x86_64; <pmu state='off'/> for realtime; <vmport state='off'/> on every x86_64 domain
-  (KubeVirt HEAD; KubeVirt 1.2, seed 001, had none).
+- Features: ACPI unless disabled; apic (eoi with endOfInterrupt), smm, Hyper-V
+  enlightenments, kvm hidden and pvspinlock only when asked;
+  <kvm><hint-dedicated state='on'/> with dedicated CPUs on x86_64; <pmu state='off'/> for
+  realtime; <vmport state='off'/> on every x86_64 domain (KubeVirt HEAD; KubeVirt 1.2,
+  seed 001, had none).
 - Refused: Hyper-V tlbflush direct / extended turned on (libvirt 9 has no element).
 - Clock: utc (adjustment from offsetSeconds, else reset) or timezone; timers rtc, pit,
   kvmclock, hpet, hypervclock.
@@ -48,7 +49,9 @@ def build_features(ctx: Context, dom: ET.Element, *, secure_boot: bool) -> None:
     if features.obj("acpi").bool("enabled", True):
         sub(el, "acpi")
     if _asked(features, "apic"):
-        sub(el, "apic")
+        apic = sub(el, "apic")
+        if features.obj("apic").bool("endOfInterrupt", False):
+            apic.set("eoi", "on")  # KubeVirt's FeatureAPIC.EndOfInterrupt
     _hyperv(features, el)
     kvm = features.obj("kvm")
     # Not under TCG: the hint is a KVM paravirtual CPUID bit, meaningless in emulation.

@@ -40,7 +40,7 @@ import uuid as uuidlib
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 
-from launcher.converter import cpu, features, memory
+from launcher.converter import cloudinit, cpu, features, memory
 from launcher.converter.context import Context
 from launcher.converter.errors import ConversionError
 from launcher.converter.plan import ExistingFile
@@ -87,6 +87,8 @@ def build(ctx: Context, dom: ET.Element) -> str:
     sub(dom, "uuid", uuid)
     _metadata(ctx, dom)
     _refuse_launch_security(ctx)
+    cloudinit.refuse_access_credentials(ctx)
+    _check_architecture(ctx)
     memory.build(ctx, dom)
     topology = cpu.cpu_topology(ctx)
     cpu.build_vcpus(ctx, dom, topology)
@@ -126,6 +128,24 @@ def _refuse_launch_security(ctx: Context) -> None:
                              "by this launcher: it needs AMD SEV/SNP or Intel TDX hardware "
                              "and the launch measurement flow, which these hosts lack",
                              "launchSecurity")
+
+
+# KubeVirt's spec.architecture values and libvirt's names for them.
+ARCHITECTURES = {"amd64": "x86_64", "arm64": "aarch64", "s390x": "s390x",
+                 "ppc64le": "ppc64le", "x86_64": "x86_64", "aarch64": "aarch64"}
+
+
+def _check_architecture(ctx: Context) -> None:
+    """spec.architecture must be the launcher's: KubeVirt schedules a VMI onto a node of
+    its architecture and converts for the node it runs on (runtime.GOARCH), so a mismatch
+    never reaches its launcher; here it would silently give a guest of another
+    architecture."""
+    given = ctx.spec.str("architecture")
+    if not given:
+        return
+    if ARCHITECTURES.get(given) != arch(ctx):
+        ctx.spec.fail(f"{q(given)} is not this launcher's architecture ({arch(ctx)})",
+                      "architecture")
 
 
 # --- identity -------------------------------------------------------------------------------

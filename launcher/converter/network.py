@@ -19,7 +19,7 @@ DEFAULT_NETWORK = "default"  # name KubeVirt's webhook gives the auto-attached i
 MULTIQUEUE_MAX = 256  # KubeVirt's MultiQueueMaxQueues: the tap device's queue limit
 NIC_MODELS = ("virtio", "e1000", "e1000e", "rtl8139", "pcnet", "ne2k_pci")
 TAP_ATTACHMENTS = ("tap", "managedTap")
-UNSUPPORTED_BINDINGS = ("sriov", "macvtap", "passt")
+UNSUPPORTED_BINDINGS = ("sriov", "macvtap", "passt", "passtBinding")
 MAC_RE = re.compile(r"[0-9A-Fa-f]{2}([:-])[0-9A-Fa-f]{2}(?:\1[0-9A-Fa-f]{2}){4}")
 PCI_RE = re.compile(r"([0-9A-Fa-f]{4}):([0-9A-Fa-f]{2}):([0-9A-Fa-f]{2})\.([0-7])")
 
@@ -41,6 +41,9 @@ def _networks(ctx: Context) -> dict[str, Node]:
         if net.has("multus"):
             net.fail("multus networks are not supported by this launcher (a standalone pod "
                      "has only its pod network)", "multus")
+        if net.has("resourceClaim"):
+            net.fail("networks from resource claims (DRA) are not supported by this "
+                     "launcher (a standalone pod has only its pod network)", "resourceClaim")
         if not net.has("pod"):
             net.fail("required: the pod network is the only network source this launcher "
                      "supports", "pod")
@@ -99,6 +102,11 @@ def build(b: Build) -> int:
         if name not in networks:
             iface.fail(f"no network named {q(name)} in spec.networks", "name")
         method = _binding(iface)
+        if iface.has("dhcpOptions"):
+            # KubeVirt's launcher serves them from the DHCP server it runs for bridge and
+            # masquerade bindings; this launcher runs none, so they would be lost.
+            iface.fail("not supported by this launcher (it runs no DHCP server for the "
+                       "guest)", "dhcpOptions")
         if choice(iface, "state", "up", ("up", "down", "absent")) == "absent":
             continue  # being hot-unplugged: KubeVirt leaves it out of the domain
         if method == "binding":

@@ -48,7 +48,7 @@ class CloudInitIso:
     user_data: bytes
     meta_data: bytes
     network_data: bytes | None = None
-    # userDataSecretRef / networkDataSecretRef: the data is read at preparation time from
+    # secretRef / networkDataSecretRef: the data is read at preparation time from
     # the first of these files that exists (the secret's keys as KubeVirt mounts them);
     # it replaces user_data / network_data.
     user_data_files: tuple[str, ...] = ()

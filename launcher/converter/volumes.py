@@ -65,6 +65,8 @@ UNSUPPORTED_SOURCES = {
                        "does not have",
     "memoryDump": "memory dump volumes are hotplugged by virt-handler; this launcher does "
                   "not hotplug volumes",
+    "containerPath": "a container path is shared through virtiofs, which needs KubeVirt's "
+                     "virtiofsd container",
 }
 DEFAULT_CONFIG_LABEL = "cfgdata"  # xorrisofs' -volid in KubeVirt's createIsoConfigImage
 SYSPREP_LABEL = "unattendCD"

@@ -1,6 +1,6 @@
 """The volume types clusters use, end to end: a STANDALONE_VMI (KubeVirt's webhook
 defaults applied) with configMap, secret, downwardAPI, serviceAccount and sysprep ISOs,
-cloud-init user data from a secret (userDataSecretRef), a block-mode PVC (a loop device
+cloud-init user data from a secret (secretRef), a block-mode PVC (a loop device
 the test attaches, its node at <root>/dev/<volume> as the pod would have it) and an
 ephemeral PVC (a qcow2 overlay on the claim's image). The guest boots and reads each one
 back through the guest agent (Exec): the ISO labels are KubeVirt's, and each disk holds
@@ -102,7 +102,7 @@ def test_volume_types_reach_the_guest(
     doc: dict[str, Any] = guest(inst)
     spec = doc["spec"]
     spec["volumes"][1] = {"name": "cloudinitdisk", "cloudInitNoCloud": {
-        "userDataSecretRef": {"name": "vm-userdata"}}}
+        "secretRef": {"name": "vm-userdata"}}}
     spec["volumes"] += [
         {"name": "app-config", "configMap": {"name": "app-config"}},
         {"name": "app-secret", "secret": {"secretName": "app-secret", "volumeLabel": "SECRETS"}},

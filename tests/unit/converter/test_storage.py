@@ -586,9 +586,9 @@ REFUSALS = [
                  f"{V0}.cloudInitNoCloud.userDataBase64",
                  "userData and userDataBase64 cannot both be set", id="user-data-twice"),
     pytest.param(volume0(cloudInitNoCloud={"userData": "x",
-                                           "userDataSecretRef": {"name": "s"}}),
-                 f"{V0}.cloudInitNoCloud.userDataSecretRef",
-                 "userDataSecretRef and userData / userDataBase64 cannot both be set",
+                                           "secretRef": {"name": "s"}}),
+                 f"{V0}.cloudInitNoCloud.secretRef",
+                 "secretRef and userData / userDataBase64 cannot both be set",
                  id="user-data-secret-and-inline"),
     pytest.param(volume0(cloudInitConfigDrive={"networkDataBase64": "eA==",
                                                "networkDataSecretRef": {"name": "s"}}),
@@ -596,7 +596,7 @@ REFUSALS = [
                  "networkDataSecretRef and networkData / networkDataBase64 cannot both be set",
                  id="network-data-secret-and-inline"),
     pytest.param(volume0(cloudInitNoCloud={}), f"{V0}.cloudInitNoCloud",
-                 "needs userData, userDataBase64, userDataSecretRef, networkData, "
+                 "needs userData, userDataBase64, secretRef, networkData, "
                  "networkDataBase64 or networkDataSecretRef", id="cloud-init-empty"),
     pytest.param(lambda doc: (volume0(**CLOUD)(doc),
                               add_disk({"name": "ci2"}, {"name": "ci2", **CLOUD})(doc)),

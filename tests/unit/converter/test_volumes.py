@@ -111,7 +111,7 @@ def test_ephemeral_is_an_overlay_on_the_claim(block: bool, backing: tuple[str, s
 
 def test_cloud_init_from_a_secret() -> None:
     doc = with_volume({"name": "ci", "cloudInitNoCloud": {
-        "userDataSecretRef": {"name": "s"}, "networkDataSecretRef": {"name": "s"}}})
+        "secretRef": {"name": "s"}, "networkDataSecretRef": {"name": "s"}}})
     (prep,) = support.conversion(doc).preps
     assert isinstance(prep, CloudInitIso)
     base = f"{PRIVATE}/secret/ci"
