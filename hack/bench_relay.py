@@ -55,7 +55,8 @@ from launcher._proto.kubevirt.notify.info import info_pb2, info_pb2_grpc
 from launcher.libvirt.connection import Connection, ensure_event_loop
 from launcher.notify.domain_state import status_and_reason
 from launcher.notify.events import LIFECYCLE, DomainEvent
-from launcher.notify.notifier import EventType, Notifier, SnapshotBuilder, grpc_target
+from launcher.notify.notifier import Notifier, grpc_target
+from launcher.notify.queues import EventType, SnapshotBuilder
 from launcher.notify.relay import DomainRelay
 
 EVENTS_CMD = Path(sys.executable).parent / "virt-launcher-events"

@@ -48,7 +48,8 @@ from launcher.notify.events import (
     DomainEvent,
     Subscription,
 )
-from launcher.notify.notifier import EventType, Notifier
+from launcher.notify.notifier import Notifier
+from launcher.notify.queues import EventType
 
 # A snapshot needs libvirt; while it is reconnecting, wait this long before giving up on
 # this one (a fresh snapshot follows the reconnect anyway).

@@ -24,7 +24,8 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from launcher.notify.notifier import EventType, Notifier, SnapshotBuilder
+from launcher.notify.notifier import Notifier
+from launcher.notify.queues import EventType, SnapshotBuilder
 from tests.integration.notify_support import EVENTS_CMD, ReceiverProc, running, until
 
 KEY = "default_vmi"

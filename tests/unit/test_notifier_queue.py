@@ -15,14 +15,16 @@ from structlog.testing import capture_logs
 
 from launcher.notify import notifier as notifier_mod
 from launcher.notify.notifier import (
+    Notifier,
+    grpc_target,
+)
+from launcher.notify.queues import (
     DropOldestQueue,
     EventType,
-    Notifier,
     PendingEvent,
     PendingSnapshot,
     PendingSnapshots,
     SnapshotBuilder,
-    grpc_target,
 )
 
 
