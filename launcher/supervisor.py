@@ -19,54 +19,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import os
 import signal
 from collections import deque
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import libvirt
 import structlog
 
 from launcher import qemu_watch
-from launcher.cmd.commands import Commands
-from launcher.cmd.server import CmdServer
 from launcher.exitcodes import ExitCode
 from launcher.flags import Options
-from launcher.guest import info as guest_info
-from launcher.guest.freeze import FreezeManager
-from launcher.guest.info import FSFREEZE_STATUS
-from launcher.guest.poller import AgentCache, AgentPoller, groups_from
-from launcher.libvirt.connection import Connection, LibvirtUnreachable
+from launcher.libvirt.connection import LibvirtUnreachable
 from launcher.libvirt.daemons import DaemonFailed, DaemonSet
 from launcher.notify import domain_json
 from launcher.notify.domain_state import Lifecycle
 from launcher.notify.events import AGENT_LIFECYCLE, LIFECYCLE, DomainEvent
-from launcher.notify.notifier import Notifier
-from launcher.notify.relay import ALIVE_STATES, DomainRelay
+from launcher.notify.relay import ALIVE_STATES
 from launcher.paths import Paths
+from launcher.shutdown import VmShutdown
 from launcher.shutdown_budget import (
     CMD_SERVER_STOP_S,
     DAEMON_STOP_DEADLINE_S,
-    DELETE_WAIT_AFTER_KILL_S,
-    DELETE_WAIT_S,
-    DESTROY_TIMEOUT_S,
     FINAL_NOTIFY_TIMEOUT_S,
-    LIBVIRT_CATCH_UP_S,
-    QEMU_SIGNAL_WAIT_S,
-    STANDALONE_DELETE_WAIT_S,
-    STANDALONE_UNDEFINE_S,
 )
+from launcher.state import State
 from launcher.vm.errors import StandaloneError, SyncError
 from launcher.vm.standalone import STANDALONE_ENV, adopt_identity, parse_standalone
-from launcher.vm.sync import Syncer
+from launcher.wiring import build
 
 SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP)
 DOMAIN_POLL_S = 1.0  # besides every libvirt event
-ACPI_RESEND_S = 5.0  # a power-button press during early boot is lost; press again
-GONE_POLL_S = 0.5  # while waiting for the domain's deletion, besides every event
 QEMU_LOG_TAIL = 10
 # After the STANDALONE_VMI sync started QEMU, how long to wait for its pid even when a
 # signal came meanwhile (libvirt writes the pid file before create returns).
@@ -108,18 +92,6 @@ class StandaloneFailed(Exception):
         self.field = field
 
 
-class State(enum.Enum):
-    STARTING = "starting"
-    WAITING = "waiting-for-domain"
-    RUNNING = "running"
-    GRACEFUL = "graceful-shutdown"
-    FORCED = "forced-shutdown"
-    FINAL_NOTIFY = "final-notify"
-    AWAITING_DELETE = "awaiting-delete"
-    STOPPING = "stopping"
-    STOPPED = "stopped"
-
-
 class Launcher:
     def __init__(self, opts: Options, paths: Paths,
                  environ: Mapping[str, str] | None = None) -> None:
@@ -144,45 +116,24 @@ class Launcher:
         self._signalled = asyncio.Event()  # re-armed after each signal is consumed
         self._shutdown = asyncio.Event()
         self._exit_code = ExitCode.OK
-        self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="libvirt-call")
-        self.daemons = DaemonSet(opts, paths)
-        self.conn = Connection(paths.uri, self._executor,
-                               daemon_ready=self.daemons.libvirt.ready.wait)
-        # Guest agent calls get a libvirt connection (and threads) of their own: a call on
-        # a connection waits while another call on it waits for the agent (up to 5 s per
-        # poll, 60 s for a freeze), so sharing one would hold up GetDomain, the notify
-        # snapshots and the shutdown behind a slow or hung guest agent.
-        self._agent_executor = ThreadPoolExecutor(max_workers=2,
-                                                  thread_name_prefix="libvirt-agent")
-        self.agent_conn = Connection(paths.uri, self._agent_executor,
-                                     daemon_ready=self.daemons.libvirt.ready.wait,
-                                     label="agent")
-        self.notifier = Notifier(paths.notify_socket)
-        self.relay = DomainRelay(conn=self.conn, notifier=self.notifier,
-                                 domain=opts.domain_name, name=opts.name,
-                                 namespace=opts.namespace, uid=opts.uid,
-                                 grace_period_s=opts.grace_period_seconds)
+        self.parts = build(opts, paths, accepting_syncs=self._accepting_syncs)
+        assert self.parts.daemons is not None  # built with them
+        self.daemons: DaemonSet = self.parts.daemons
+        self.conn = self.parts.conn
+        self.agent_conn = self.parts.agent_conn
+        self.notifier = self.parts.notifier
+        self.relay = self.parts.relay
+        self.agent = self.parts.agent
+        self.freeze = self.parts.freeze
+        self.syncer = self.parts.syncer
+        self.commands = self.parts.commands
+        self.cmd_server = self.parts.cmd_server
+        self.vm_shutdown = VmShutdown(
+            opts=opts, conn=self.conn, relay=self.relay, freeze=self.freeze,
+            commands=self.commands, standalone=self.standalone is not None,
+            signals=self.signals, next_signal=self._next_signal, set_state=self._set_state)
         self.relay.listeners.append(self._on_domain_event)
-        self.conn.on_reconnect(self.relay.attach)
-        self.agent_cache = AgentCache()
-        self.agent = AgentPoller(conn=self.agent_conn, domain=opts.domain_name,
-                                 cache=self.agent_cache, groups=groups_from(opts),
-                                 on_change=self.relay.resync)
-        self.relay.guest_status = lambda: guest_info.domain_status_fields(
-            self.agent_cache.raw())
-        self.freeze = FreezeManager(self.agent_conn, self.relay,
-                                    on_status=self._fsfreeze_status)
-        self.syncer = Syncer(opts=opts, paths=paths, conn=self.conn, domain=opts.domain_name,
-                             accepting=self._accepting_syncs)
-        self.commands = Commands(opts, self.conn, self.relay, self.agent_cache, self.freeze,
-                                 syncer=self.syncer, agent_conn=self.agent_conn)
-        self.cmd_server = CmdServer(init_socket=paths.cmd_init_socket,
-                                    ready_socket=paths.cmd_socket,
-                                    nonroot=opts.run_as_nonroot,
-                                    handlers=self.commands.handlers())
         self.qemu_pid: int | None = None
-        self._guest_shutting_down = False  # libvirt reported SHUTDOWN (guest or host)
-        self._destroyed = False
         self._log = structlog.get_logger().bind(domain=opts.domain_name)
 
     def _accepting_syncs(self) -> bool:
@@ -197,15 +148,15 @@ class Launcher:
         self._shutdown.set()
         self._signalled.set()
 
-    def _fsfreeze_status(self, status: str) -> None:
-        """The freeze manager learned the guest's fsfreeze status: the cache (GetGuestInfo)
-        and virt-handler hear of it now, not at the next 5 s poll."""
-        if self.agent_cache.put(FSFREEZE_STATUS, status):
-            self.relay.resync()
+    def _set_state(self, state: State) -> None:
+        self.state = state
+
+    def _next_signal(self) -> asyncio.Task[Any]:
+        self._signalled.clear()
+        return asyncio.ensure_future(self._signalled.wait())
 
     def _on_domain_event(self, ev: DomainEvent) -> None:
-        if ev.kind == LIFECYCLE and ev.event == Lifecycle.SHUTDOWN:
-            self._guest_shutting_down = True
+        self.vm_shutdown.observe(ev)
         # The agent poller runs while the agent is connected and the guest runs.
         if ev.kind == AGENT_LIFECYCLE:
             if ev.info.get("state") == "connected":
@@ -226,8 +177,7 @@ class Launcher:
             rejected = self._standalone_error
             self._log.error("STANDALONE_VMI rejected; exiting", error=str(rejected),
                             field=rejected.field)
-            self._executor.shutdown(wait=False)
-            self._agent_executor.shutdown(wait=False)
+            self.parts.shutdown_executors()
             self.state = State.STOPPED
             return ExitCode.STANDALONE_VMI_FAILED
         loop = asyncio.get_running_loop()
@@ -258,8 +208,7 @@ class Launcher:
         finally:
             for sig in SHUTDOWN_SIGNALS:
                 loop.remove_signal_handler(sig)
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._agent_executor.shutdown(wait=False, cancel_futures=True)
+            self.parts.shutdown_executors()
             self.state = State.STOPPED
         if self._exit_code == ExitCode.OK:
             self._log.info("launcher exited cleanly")
@@ -321,8 +270,8 @@ class Launcher:
             self._log.info("watching QEMU", pid=pid, pidfile=self.paths.qemu_pidfile)
             exited = tg.create_task(qemu_watch.wait_exit(pid), name="qemu-watch")
             if not await self._until_shutdown(exited, cancel=False):
-                await self._shutdown_guest(pid, exited)
-            await self._after_qemu_exit()
+                await self.vm_shutdown.graceful(pid, exited)
+            await self.vm_shutdown.after_qemu_exit(pid)
         finally:
             if agent_task is not None:
                 agent_task.cancel()
@@ -410,180 +359,7 @@ class Launcher:
                 self.relay.adopt_agent_connected()
                 self.agent.start()
 
-    # --- shutting the guest down ----------------------------------------------------------
-    def _next_signal(self) -> asyncio.Task[Any]:
-        self._signalled.clear()
-        return asyncio.ensure_future(self._signalled.wait())
-
-    async def _shutdown_guest(self, pid: int, exited: asyncio.Task[None]) -> None:
-        loop = asyncio.get_running_loop()
-        # virt-handler reacts to the mark (Shutdown now, Kill after the grace period); our
-        # own ACPI press below is what stops the guest when there is no virt-handler
-        # (STANDALONE_VMI). Both press the same button, so neither gets in the other's way.
-        self.relay.mark_for_graceful_shutdown()
-        grace = float(self.opts.grace_period_seconds)
-        self.state = State.GRACEFUL
-        self._log.info("graceful shutdown", signals=[s.name for s in self.signals],
-                       grace_period_s=grace)
-        deadline = loop.time() + grace
-        # A guest left frozen (a backup hook that never thawed) would not shut down cleanly
-        # and must never stay frozen: thaw first, bounded.
-        await self.freeze.thaw_if_frozen(timeout_s=min(20.0, grace / 2))
-        another = self._next_signal()
-        try:
-            while not exited.done():
-                await self._request_graceful()
-                wait_s = min(ACPI_RESEND_S, deadline - loop.time())
-                if wait_s <= 0:
-                    self._log.warning("grace period expired; destroying the domain",
-                                      grace_period_s=grace)
-                    break
-                done, _ = await asyncio.wait({exited, another}, timeout=wait_s,
-                                             return_when=asyncio.FIRST_COMPLETED)
-                if another in done:
-                    self._log.warning("second signal; destroying the domain now")
-                    break
-        finally:
-            another.cancel()
-        if not exited.done():
-            await self._force_stop(pid, exited)
-
-    async def _request_graceful(self) -> None:
-        """ACPI power button; the guest agent instead when it is connected and the domain
-        has no ACPI."""
-        try:
-            read = await self.relay.read()
-        except ConnectionError as exc:
-            self._log.warning("cannot request graceful shutdown", error=str(exc))
-            return
-        if read is None or read.state not in ALIVE_STATES:
-            return
-        use_agent = self.relay.agent_connected and "<acpi/>" not in read.xml
-        flag = (libvirt.VIR_DOMAIN_SHUTDOWN_GUEST_AGENT if use_agent
-                else libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
-
-        def shutdown() -> None:
-            self.conn.conn.lookupByName(self.opts.domain_name).shutdownFlags(flag)
-
-        try:
-            await self.conn.call(shutdown)
-            self._log.info("asked the guest to shut down", via="agent" if use_agent else "acpi")
-            self.relay.graceful_shutdown_signalled()
-        except (libvirt.libvirtError, AttributeError) as exc:
-            self._log.warning("graceful shutdown request failed", error=str(exc))
-
-    async def _force_stop(self, pid: int, exited: asyncio.Task[None]) -> None:
-        self.state = State.FORCED
-        self._destroyed = True
-
-        def destroy() -> None:
-            self.conn.conn.lookupByName(self.opts.domain_name).destroyFlags(
-                libvirt.VIR_DOMAIN_DESTROY_GRACEFUL)
-
-        try:
-            async with asyncio.timeout(DESTROY_TIMEOUT_S):
-                await self.conn.call(destroy)
-            self._log.info("domain destroyed")
-        except (libvirt.libvirtError, AttributeError, TimeoutError) as exc:
-            self._log.error("destroy failed; signalling QEMU directly", error=str(exc), pid=pid)
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(QEMU_SIGNAL_WAIT_S):
-                    await asyncio.shield(exited)
-            if exited.done():
-                return
-            if qemu_watch.signal_qemu(pid, sig):
-                self._log.warning("signalled QEMU", pid=pid, signal=sig.name)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(QEMU_SIGNAL_WAIT_S):
-                await asyncio.shield(exited)
-
-    # --- after QEMU is gone -------------------------------------------------------------
-    async def _after_qemu_exit(self) -> None:
-        if self._destroyed:
-            reason = "Destroyed"
-        elif self._guest_shutting_down or self.state == State.GRACEFUL:
-            reason = "Shutdown"
-        else:
-            reason = "Crashed"
-        self.state = State.FINAL_NOTIFY
-        # Noticed through the pidfd, typically before libvirt: report it now, with what we
-        # know, then again once libvirt has caught up.
-        self.relay.qemu_exited(reason)
-        self._log.info("QEMU exited", pid=self.qemu_pid, reason=reason)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + LIBVIRT_CATCH_UP_S
-        while loop.time() < deadline:
-            changed = self.relay.changed
-            try:
-                read = await self.relay.read()
-            except (ConnectionError, libvirt.libvirtError):
-                read = None
-            if read is None or read.state not in ALIVE_STATES:
-                break
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(0.5, max(0.0, deadline - loop.time()))):
-                    await changed.wait()
-        self.relay.libvirt_caught_up()  # libvirt's own word from here on
-        await self._await_deletion()
-
-    # --- until the domain is deleted ----------------------------------------------------
-    async def _await_deletion(self) -> None:
-        """Stay until the domain is deleted, as KubeVirt's launcher does: virt-handler sees
-        the final state (Shutoff with its reason: the VMI's phase) and then deletes the
-        domain (DeleteVirtualMachine), which must find this launcher still serving. Only
-        that deletion sends deletionTimestamp (launcher.notify.relay)."""
-        self.state = State.AWAITING_DELETE
-        if self.standalone is not None:
-            # No virt-handler: a stand-in may still send Delete; otherwise undefine it
-            # ourselves, so the event flow ends the same way.
-            if await self._wait_gone(STANDALONE_DELETE_WAIT_S):
-                return
-            self._log.info("no Delete came (STANDALONE_VMI: no virt-handler); deleting "
-                           "the domain", waited_s=STANDALONE_DELETE_WAIT_S)
-            try:
-                await self.commands.delete_domain()
-            except (libvirt.libvirtError, ConnectionError) as exc:
-                self._log.warning("deleting the domain failed", error=str(exc))
-            if not await self._wait_gone(STANDALONE_UNDEFINE_S):
-                self._log.warning("the domain is still defined; exiting anyway",
-                                  waited_s=STANDALONE_UNDEFINE_S)
-            return
-        self._log.info("waiting for the domain to be deleted", timeout_s=DELETE_WAIT_S)
-        if await self._wait_gone(DELETE_WAIT_S):
-            return
-        # KubeVirt's waitForFinalNotify: kill whatever is left of the domain, wait again.
-        self._log.warning("the domain was not deleted in time; killing what is left of it",
-                          waited_s=DELETE_WAIT_S)
-        try:
-            async with asyncio.timeout(DESTROY_TIMEOUT_S):
-                await self.commands.kill_domain()
-        except (libvirt.libvirtError, ConnectionError, TimeoutError) as exc:
-            self._log.warning("kill failed", error=str(exc))
-        if not await self._wait_gone(DELETE_WAIT_AFTER_KILL_S):
-            self._log.warning("the domain was not deleted; exiting anyway (virt-handler "
-                              "learns of it from the closed command socket)",
-                              waited_s=DELETE_WAIT_S + DELETE_WAIT_AFTER_KILL_S)
-
-    async def _wait_gone(self, timeout_s: float) -> bool:
-        """True once libvirt no longer knows the domain (within `timeout_s`)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while True:
-            changed = self.relay.changed
-            try:
-                if await self.relay.read() is None:
-                    self._log.info("domain deleted")
-                    return True
-            except (ConnectionError, libvirt.libvirtError) as exc:
-                self._log.debug("domain not readable", error=str(exc))
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return False
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(GONE_POLL_S, remaining)):
-                    await changed.wait()
-
+    # --- stopping ---------------------------------------------------------------------------
     async def _teardown(self, notifier_task: asyncio.Task[None] | None) -> None:
         self.state = State.STOPPING
         self._log.info("stopping", signals=[s.name for s in self.signals])

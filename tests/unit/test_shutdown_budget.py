@@ -3,7 +3,7 @@ grace period, so it never kills a launcher that is still inside them."""
 
 from __future__ import annotations
 
-from launcher import flags, shutdown_budget, supervisor
+from launcher import flags, shutdown, shutdown_budget, supervisor
 from launcher.shutdown_budget import after_grace_s, monitor_kill_after_s
 
 
@@ -21,13 +21,16 @@ def test_the_monitor_allows_for_every_post_grace_deadline() -> None:
     print(f"worst case after the grace period: {after_grace_s():.0f} s")
 
 
-def test_the_supervisor_keeps_the_budgets_deadlines() -> None:
-    # The supervisor's deadlines are the budget's own objects, not copies.
-    for name in ("DESTROY_TIMEOUT_S", "QEMU_SIGNAL_WAIT_S", "LIBVIRT_CATCH_UP_S",
-                 "DELETE_WAIT_S", "DELETE_WAIT_AFTER_KILL_S", "STANDALONE_DELETE_WAIT_S",
-                 "STANDALONE_UNDEFINE_S", "FINAL_NOTIFY_TIMEOUT_S", "CMD_SERVER_STOP_S",
-                 "DAEMON_STOP_DEADLINE_S"):
-        assert getattr(supervisor, name) == getattr(shutdown_budget, name), name
+def test_the_launcher_keeps_the_budgets_deadlines() -> None:
+    # The deadlines the launcher keeps are the budget's own objects, not copies.
+    for module, names in (
+            (shutdown, ("DESTROY_TIMEOUT_S", "QEMU_SIGNAL_WAIT_S", "LIBVIRT_CATCH_UP_S",
+                        "DELETE_WAIT_S", "DELETE_WAIT_AFTER_KILL_S",
+                        "STANDALONE_DELETE_WAIT_S", "STANDALONE_UNDEFINE_S")),
+            (supervisor, ("FINAL_NOTIFY_TIMEOUT_S", "CMD_SERVER_STOP_S",
+                          "DAEMON_STOP_DEADLINE_S"))):
+        for name in names:
+            assert getattr(module, name) == getattr(shutdown_budget, name), name
 
 
 def test_launcher_stop_timeout_is_a_monitor_only_flag() -> None:
