@@ -19,9 +19,9 @@ from launcher.cmd.commands import Commands
 from launcher.flags import Options
 from launcher.guest.freeze import FreezeManager
 from launcher.libvirt.connection import Connection
-from launcher.notify.domain_state import Lifecycle
+from launcher.notify.domain_state import ALIVE_STATES, Lifecycle
 from launcher.notify.events import LIFECYCLE, DomainEvent
-from launcher.notify.relay import ALIVE_STATES, DomainRelay
+from launcher.notify.relay import DomainRelay
 from launcher.shutdown_budget import (
     DELETE_WAIT_AFTER_KILL_S,
     DELETE_WAIT_S,
@@ -164,18 +164,33 @@ class VmShutdown:
         self._log.info("QEMU exited", pid=pid, reason=reason)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + LIBVIRT_CATCH_UP_S
+        caught_up = False
         while loop.time() < deadline:
             changed = self.relay.changed
             try:
-                read = await self.relay.read()
-            except (ConnectionError, libvirt.libvirtError):
-                read = None
-            if read is None or read.state not in ALIVE_STATES:
-                break
+                async with asyncio.timeout(max(0.0, deadline - loop.time())):
+                    read = await self.relay.read()
+            except (ConnectionError, libvirt.libvirtError, TimeoutError) as exc:
+                self._log.debug("domain not readable", error=str(exc) or "timed out")
+            else:
+                if read is None or read.state not in ALIVE_STATES:
+                    caught_up = True
+                    break
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(min(0.5, max(0.0, deadline - loop.time()))):
                     await changed.wait()
-        self.relay.libvirt_caught_up()  # libvirt's own word from here on
+        if caught_up:
+            self.relay.libvirt_caught_up()  # libvirt's own word from here on
+        else:
+            self._log.warning("libvirt did not report the domain's end in time; the "
+                              "snapshots keep the end QEMU's watch saw", reason=reason,
+                              waited_s=LIBVIRT_CATCH_UP_S)
+        if self.conn.conn is None:
+            # The daemon is down (or gone for good: a SIGTERM during its restart backoff);
+            # nobody can undefine the domain, so nobody is waited for.
+            self._log.warning("libvirt is not reachable: the domain cannot be deleted; "
+                              "not waiting for its deletion")
+            return
         await self._await_deletion()
 
     # --- until the domain is deleted ----------------------------------------------------

@@ -34,9 +34,8 @@ from launcher.flags import Options
 from launcher.libvirt.connection import LibvirtUnreachable
 from launcher.libvirt.daemons import DaemonFailed, DaemonSet
 from launcher.notify import domain_json
-from launcher.notify.domain_state import Lifecycle
+from launcher.notify.domain_state import ALIVE_STATES, Lifecycle
 from launcher.notify.events import AGENT_LIFECYCLE, LIFECYCLE, DomainEvent
-from launcher.notify.relay import ALIVE_STATES
 from launcher.paths import Paths
 from launcher.shutdown import VmShutdown
 from launcher.shutdown_budget import (
@@ -299,7 +298,7 @@ class Launcher:
         while True:
             changed = self.relay.changed
             try:
-                read = await self.relay.read()
+                read = await self.relay.refresh()
             except (ConnectionError, libvirt.libvirtError) as exc:
                 self._log.debug("domain not readable yet", error=str(exc))
                 read = None
@@ -350,7 +349,7 @@ class Launcher:
         """An agent that connected before our subscription (no CONNECTED event for us): the
         live XML's channel state says so."""
         try:
-            read = await self.relay.read()
+            read = await self.relay.refresh()
         except (ConnectionError, libvirt.libvirtError):
             return
         if read is not None and "state='connected'" in read.xml and not self.agent.active:

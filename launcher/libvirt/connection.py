@@ -74,6 +74,7 @@ class Connection:
         self._closed = asyncio.Event()
         self._connected = asyncio.Event()
         self._stopping = False
+        self._stop_requested = asyncio.Event()  # close(): whatever run() waits for ends
         self._on_reconnect: list[ReconnectHook] = []
         self.connects = 0
         self._log = structlog.get_logger().bind(uri=uri)
@@ -120,10 +121,13 @@ class Connection:
                     self.connects += 1
                     self._log.info(self._connected_msg, connects=self.connects)
                     return conn
-            if loop.time() >= deadline:
+            if loop.time() >= deadline or self._stopping:
                 raise LibvirtUnreachable(
-                    f"cannot connect to {self.uri} within {timeout_s:g}s: {last_error}")
-            await asyncio.sleep(CONNECT_INTERVAL_S)
+                    f"cannot connect to {self.uri} within {timeout_s:g}s: {last_error}"
+                    if not self._stopping else "the connection is being closed")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CONNECT_INTERVAL_S):
+                    await self._stop_requested.wait()
 
     def _arm(self, conn: Any, loop: asyncio.AbstractEventLoop) -> None:
         # Runs in the executor: keepalive lets a hung daemon be noticed, not just a dead one.
@@ -158,14 +162,31 @@ class Connection:
             await self._closed.wait()
             if self.stopping:
                 return
-            if self._daemon_ready is not None:
-                await self._daemon_ready()
+            if self._daemon_ready is not None and not await self._until_stopped(
+                    self._daemon_ready()):
+                # Closed while the daemon was down (a SIGTERM during its restart backoff:
+                # the daemon set stops restarting it, so it would never be ready).
+                return
             try:
                 conn = await self.connect(timeout_s=CONNECT_TIMEOUT_S)
             except LibvirtUnreachable as exc:
                 self._log.warning("libvirt still unreachable, retrying", error=str(exc))
                 continue
             await self.run_hooks(conn)
+
+    async def _until_stopped(self, aw: Awaitable[object]) -> bool:
+        """Wait for `aw` unless close() comes first; True if `aw` finished."""
+        waited = asyncio.ensure_future(aw)
+        stop = asyncio.ensure_future(self._stop_requested.wait())
+        try:
+            await asyncio.wait({waited, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (waited, stop):
+                task.cancel()
+        if waited.done() and not waited.cancelled():
+            waited.result()  # its failure, if any, is the caller's
+            return True
+        return False
 
     async def run_hooks(self, conn: Any) -> None:
         """The reconnect hooks on `conn`. A libvirt error in them (the daemon went away again
@@ -201,6 +222,7 @@ class Connection:
 
     async def close(self) -> None:
         self._stopping = True
+        self._stop_requested.set()
         self._closed.set()
         conn, self._conn = self._conn, None
         if conn is not None:

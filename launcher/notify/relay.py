@@ -31,10 +31,10 @@ import structlog
 from launcher.libvirt.connection import Connection
 from launcher.notify import domain_json
 from launcher.notify.domain_state import (
+    ALIVE_STATES,
     DEFINED_ADDED,
     NON_EXISTENT,
     Lifecycle,
-    State,
     event_type_for,
     lifecycle_name,
     status_and_reason,
@@ -54,7 +54,6 @@ from launcher.notify.queues import EventType
 # A snapshot needs libvirt; while it is reconnecting, wait this long before giving up on
 # this one (a fresh snapshot follows the reconnect anyway).
 SNAPSHOT_CONN_WAIT_S = 5.0
-ALIVE_STATES = (State.RUNNING, State.BLOCKED, State.PAUSED, State.SHUTDOWN, State.PMSUSPENDED)
 
 
 @dataclass(frozen=True)
@@ -130,6 +129,7 @@ class DomainRelay:
         self._marked_for_shutdown = False
         self._shutdown_signalled_at: str | None = None  # GracePeriod.DeletionTimestamp
         self._active = False  # the domain is running (or paused...), as last seen
+        self._last_read: DomainRead | None = None
         self._milestones = 0
         self._io_error_disks: set[str] = set()
         self._callback_ids: list[int] = []
@@ -284,22 +284,38 @@ class DomainRelay:
 
     # --- snapshots --------------------------------------------------------------------
     async def read(self) -> DomainRead | None:
+        """The domain as libvirt has it now (None: no such domain). Changes nothing here."""
         try:
             async with asyncio.timeout(SNAPSHOT_CONN_WAIT_S):
                 await self.conn.wait_connected()
         except TimeoutError:
             raise ConnectionError("libvirt is not connected") from None
         read: DomainRead | None = await self.conn.call(read_domain, self.conn.conn, self.domain)
+        return read
+
+    async def refresh(self) -> DomainRead | None:
+        """read(), and remember what it shows: that the domain exists (from then on it is
+        reported), whether it is active (a definition's milestone depends on it), and the
+        last state (the final snapshot when libvirt is gone but QEMU's end was seen)."""
+        read = await self.read()
         if read is not None:
             self.domain_seen = True
             self._active = read.state in ALIVE_STATES
+            self._last_read = read
         return read
 
     async def snapshot(self, event_type: EventType = "MODIFIED",
                        frozen: tuple[str, str] | None = None) -> tuple[EventType, bytes]:
         """(eventType, domain JSON) from a fresh read; `frozen` replaces the read's status
         (a milestone's own state) while the domain exists."""
-        read = await self.read()
+        try:
+            read = await self.refresh()
+        except ConnectionError:
+            if self._qemu_exit_reason is None or self._last_read is None:
+                raise
+            # libvirt is down, but our watch saw QEMU end: the domain as last read, stopped
+            # (the final snapshot must not be lost to a daemon that is not coming back).
+            read, frozen = self._last_read, ("Shutoff", self._qemu_exit_reason)
         deletion: str | None = None
         if read is None:
             # Gone: the only case virt-handler may read as "deleted". The time it was

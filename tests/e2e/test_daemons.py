@@ -149,3 +149,39 @@ def test_daemon_that_cannot_start_gives_bounded_clear_exit(
     assert len(inst.logged("daemon exited, restarting")) == 4
     assert elapsed < 30, elapsed
     wait_for(lambda: not inst.leftovers(), 5, what="no processes left")
+
+
+@pytest.mark.e2e
+def test_sigterm_while_the_libvirt_daemon_is_in_its_restart_backoff_exits_cleanly(
+    make_instance: Callable[..., Instance]
+) -> None:
+    """libvirtd killed, then failing to start for a while (a wrapper as --libvirt-daemon);
+    SIGTERM meanwhile: the daemon set stops restarting it, so it never comes back, and the
+    launcher's libvirt connection must not wait for it. It used to, forever: the pod ended
+    with the monitor's SIGKILL (137), long after the grace period."""
+    probe = make_instance(nonroot=False, extra_args=["--grace-period-seconds", "5"])
+    marker = probe.root / "daemon-broken"
+    bindir = probe.root / "bin"
+    bindir.mkdir()
+    wrapper = bindir / "libvirtd"  # the daemon's name decides the socket's
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f"if [ -e {marker} ]; then echo 'simulated: cannot start' >&2; sleep 1; exit 1; fi\n"
+        'exec /usr/sbin/libvirtd "$@"\n')
+    wrapper.chmod(0o755)
+    inst = probe
+    inst.extra_args = [*inst.extra_args, "--libvirt-daemon", str(wrapper)]
+    inst.start()
+    inst.wait_running()
+    marker.touch()
+    pid = wait_for(lambda: inst.daemon_pid("libvirtd"), 5, what="libvirtd running")
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: inst.logged("daemon exited, restarting"), 15,
+             what="a failed restart (backoff)")
+    t0 = time.monotonic()
+    inst.signal(signal.SIGTERM)
+    assert inst.wait_exit(timeout=30) == 0, inst.tail()
+    elapsed = time.monotonic() - t0
+    assert inst.logged("launcher exited cleanly"), inst.tail()
+    assert elapsed < 5 + 10, elapsed  # within the grace period, give or take the teardown
+    wait_for(lambda: not inst.leftovers(), 10, what="no processes left")

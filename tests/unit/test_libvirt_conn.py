@@ -104,3 +104,44 @@ def test_a_hook_failing_on_a_dead_connection_reconnects_and_runs_again(
             await asyncio.wait_for(runner, 5)
 
     asyncio.run(scenario())
+
+
+def test_close_while_the_daemon_is_down_ends_run(opened: list[FakeConn]) -> None:
+    """The connection is lost and the daemon never comes back (a SIGTERM during its restart
+    backoff: the daemon set stops restarting it): close() must end run(), which the
+    launcher's TaskGroup waits for. It used to wait for the daemon forever, so the pod
+    ended with the monitor's SIGKILL instead of exit 0."""
+    async def scenario() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            never = asyncio.Event()
+            c = Connection("qemu:///fake", pool, daemon_ready=never.wait)
+            await c.connect(timeout_s=5)
+            keeper = asyncio.create_task(c.run())
+            await asyncio.sleep(0)
+            c._on_closed(c.conn, libvirt.VIR_CONNECT_CLOSE_REASON_EOF)  # the daemon died
+            await asyncio.sleep(0.05)
+            assert not keeper.done()  # waiting for the daemon to be back
+            await c.close()
+            async with asyncio.timeout(2):
+                await keeper
+
+    asyncio.run(scenario())
+
+
+def test_close_interrupts_the_connect_retry(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(uri: str) -> FakeConn:
+        raise libvirt.libvirtError("Failed to connect socket: Connection refused")
+
+    monkeypatch.setattr(libvirt, "open", refuse)
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            c = Connection("qemu:///fake", pool)
+            attempt = asyncio.create_task(c.connect(timeout_s=60))
+            await asyncio.sleep(0.1)
+            await c.close()
+            async with asyncio.timeout(2):
+                with pytest.raises(libvirt_conn.LibvirtUnreachable, match="being closed"):
+                    await attempt
+
+    asyncio.run(scenario())

@@ -11,6 +11,7 @@ from typing import Any, cast
 import pytest
 
 from launcher.libvirt.connection import Connection
+from launcher.notify import relay as relay_mod
 from launcher.notify.domain_state import State
 from launcher.notify.events import (
     AGENT_LIFECYCLE,
@@ -61,9 +62,11 @@ class FakeConn:
     def __init__(self) -> None:
         self.conn = object()
         self.domain: DomainRead | None = None
+        self.down = asyncio.Event()  # set: the daemon is gone; nothing connects
 
     async def wait_connected(self) -> None:
-        return None
+        if self.down.is_set():
+            await asyncio.Event().wait()  # never
 
     async def call(self, fn: Any, *args: Any) -> Any:
         return self.domain
@@ -293,3 +296,23 @@ async def test_qemu_exit_seen_first_is_reported_until_libvirt_catches_up() -> No
     r.libvirt_caught_up()
     (_, dom), = await rec.send_all()
     assert status(dom) == ("Running", "Unknown")  # what libvirt says (stale here)
+
+
+def test_the_final_snapshot_survives_a_libvirt_daemon_that_is_gone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(relay_mod, "SNAPSHOT_CONN_WAIT_S", 0.05)
+
+    async def scenario() -> None:
+        r, rec, conn = make_relay(read(State.RUNNING))
+        r.on_event(ev(LIFECYCLE, 2, 0))
+        (_, dom), = await rec.send_all()
+        conn.down.set()  # libvirtd killed and not coming back
+        r.resync()
+        with pytest.raises(ConnectionError):  # nothing to say without libvirt...
+            await rec.send_all()
+        r.qemu_exited("Destroyed")  # ... until our QEMU watch saw the end
+        (_, dom), = await rec.send_all()
+        assert status(dom) == ("Shutoff", "Destroyed")
+        assert dom["Spec"]["Name"] == DOM and "deletionTimestamp" not in dom["ObjectMeta"]
+
+    asyncio.run(scenario())
