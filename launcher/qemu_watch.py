@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import os
 
-QEMU_COMMS = ("qemu-system", "qemu-kvm", "qemu")
+from launcher.qemu_identity import is_qemu_comm
 
 
 def proc_stat(pid: int) -> tuple[str, str] | None:
@@ -28,10 +28,6 @@ def proc_stat(pid: int) -> tuple[str, str] | None:
     return raw[lpar + 1:rpar], raw[rpar + 2:rpar + 3]
 
 
-def looks_like_qemu(comm: str) -> bool:
-    return comm.startswith(QEMU_COMMS)
-
-
 def read_pid(pidfile: str) -> int | None:
     """The live QEMU pid named by libvirt's pid file, or None (no file yet, stale pid,
     recycled pid that is not QEMU, or a zombie)."""
@@ -46,7 +42,7 @@ def read_pid(pidfile: str) -> int | None:
     if pid <= 1:
         return None
     stat = proc_stat(pid)
-    if stat is None or stat[1] in ("Z", "X") or not looks_like_qemu(stat[0]):
+    if stat is None or stat[1] in ("Z", "X") or not is_qemu_comm(stat[0]):
         return None
     return pid
 
@@ -83,7 +79,7 @@ def signal_qemu(pid: int, sig: int) -> bool:
     if pid <= 1 or pid == os.getpid():
         return False
     stat = proc_stat(pid)
-    if stat is None or not looks_like_qemu(stat[0]):
+    if stat is None or not is_qemu_comm(stat[0]):
         return False
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)

@@ -255,14 +255,17 @@ class Launcher:
             started = False
             if self.standalone is not None and not self._shutdown.is_set():
                 started = await self._sync_standalone(self.standalone)
-            waiting = tg.create_task(self._wait_for_qemu(), name="wait-for-qemu")
+            waiting = tg.create_task(self._qemu_pid_or_timeout(), name="wait-for-qemu")
             if started:
                 # A signal during that sync must not leave the QEMU it started to the
                 # monitor's kill: take its pid, then the graceful path below handles it.
                 await asyncio.wait({waiting}, timeout=STANDALONE_SETTLE_S)
             if not await self._until_shutdown(waiting):
                 return
-            pid = waiting.result()
+            found = waiting.result()
+            if isinstance(found, QemuTimeout):
+                raise found  # here, so the teardown below runs whole before the group ends
+            pid = found
             self.qemu_pid = pid
             await self._adopt_agent_state()
             self.state = State.RUNNING
@@ -289,6 +292,15 @@ class Launcher:
         return result.action == "started"
 
     # --- waiting for the domain and QEMU ------------------------------------------------
+    async def _qemu_pid_or_timeout(self) -> int | QemuTimeout:
+        """A child task's exception makes the TaskGroup cancel its siblings at once: the
+        daemons would stop while the teardown still flushes the last snapshots. So the
+        timeout is returned, and raised by the lifecycle after its teardown."""
+        try:
+            return await self._wait_for_qemu()
+        except QemuTimeout as exc:
+            return exc
+
     async def _wait_for_qemu(self) -> int:
         """QEMU's pid once the domain `<namespace>_<name>` exists with a UUID and runs;
         checked on every libvirt event and every DOMAIN_POLL_S. Raises QemuTimeout after

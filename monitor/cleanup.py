@@ -13,6 +13,7 @@ import signal
 import time
 from collections.abc import Callable, Iterable
 
+from launcher.qemu_identity import is_qemu_comm
 from monitor import log, procfs
 from monitor.procfs import ProcStat
 
@@ -122,13 +123,13 @@ def find_leftover_qemu(pid_dir: str, own_pid: int, proc: str = procfs.PROC) -> l
     when we are PID 1 of a pid namespace, every QEMU we can see (all of it is our pod's)."""
     found: dict[int, ProcStat] = {}
     for st in procfs.scan(proc):
-        if st.dead or not procfs.is_qemu_comm(st.comm):
+        if st.dead or not is_qemu_comm(st.comm):
             continue
         if own_pid in (st.ppid, 1):
             found[st.pid] = st
     for pid in _pidfile_pids(pid_dir):
         listed = procfs.read_stat(pid, proc)
-        if listed is not None and not listed.dead and procfs.is_qemu_comm(listed.comm):
+        if listed is not None and not listed.dead and is_qemu_comm(listed.comm):
             found[pid] = listed
     return [found[pid] for pid in sorted(found) if pid > 1 and pid != own_pid]
 

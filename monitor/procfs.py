@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 
 PROC = "/proc"
-QEMU_COMM_PREFIXES = ("qemu-system", "qemu-kvm")
-QEMU_COMM_EXACT = "qemu"
 # Index of a field within the text after the comm's ')': field 3 (state) is index 0.
 _STATE, _PPID, _STARTTIME = 0, 1, 19
 
@@ -93,12 +91,6 @@ def scan(proc: str = PROC) -> list[ProcStat]:
         if stat is not None:
             found.append(stat)
     return found
-
-
-def is_qemu_comm(comm: str) -> bool:
-    """Whether a comm names QEMU. comm is truncated to 15 bytes, so qemu-system-x86_64
-    shows as "qemu-system-x86": match on prefixes, never on a full binary name."""
-    return comm.startswith(QEMU_COMM_PREFIXES) or comm == QEMU_COMM_EXACT
 
 
 def same_process_alive(stat: ProcStat, proc: str = PROC) -> bool:

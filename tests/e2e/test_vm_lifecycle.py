@@ -28,6 +28,7 @@ from tests.e2e.guest import (
     Receiver,
     agent_state,
     define_and_start,
+    domain_xml,
     status,
     with_domain,
 )
@@ -309,6 +310,34 @@ def test_qemu_timeout_without_a_domain_exits_with_a_diagnosis(
     assert d["domains_defined"] == []
     assert d["domain_expected"] == f"{inst.namespace}_{inst.name}"
     assert "daemon_last_lines" in d and "qemu_log_tail" in d
+    wait_for(lambda: not inst.leftovers(), 10, what="no processes left")
+
+
+def test_qemu_timeout_tears_down_in_order(
+    make_instance: Callable[..., Instance], receiver_for: Callable[..., Receiver]
+) -> None:
+    """A domain defined but never started: the timeout ends the launcher through the same
+    teardown as a signal, the last snapshots delivered and the command server stopped
+    before the daemons. (The timeout used to fail a task of the TaskGroup, which stopped
+    the daemons at once, in parallel with the teardown.)"""
+    import libvirt  # noqa: PLC0415 - only the e2e tests need it
+
+    inst = make_instance(nonroot=False, extra_args=["--qemu-timeout", "6s"])
+    receiver = receiver_for(inst)
+    inst.start()
+    inst.wait_running()
+    conn = libvirt.open(inst.paths.uri)
+    try:
+        conn.defineXML(domain_xml(inst))
+    finally:
+        conn.close()
+    assert inst.wait_exit(timeout=60) == ExitCode.QEMU_TIMEOUT, inst.tail()
+    assert inst.logged("timed out waiting for the domain to start (no QEMU process)")
+    added = receiver.wait_domain(lambda e: e["eventType"] == "ADDED", 5, "the definition")
+    assert status(added) == ("Shutoff", "Unknown")
+    msgs = [r.get("msg") for r in inst.log_records()]
+    assert msgs.index("stopping") < msgs.index("command server stopped") \
+        < msgs.index("stopping daemon"), [m for m in msgs if "stop" in str(m)]
     wait_for(lambda: not inst.leftovers(), 10, what="no processes left")
 
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from launcher.qemu_identity import is_qemu_comm
 from monitor import cleanup, procfs
-from monitor.procfs import ProcStat, is_qemu_comm, parse_stat
+from monitor.procfs import ProcStat, parse_stat
 
 
 def stat_line(pid: int, comm: str, state: str = "S", ppid: int = 1,
