@@ -182,6 +182,9 @@ class Launcher:
         loop = asyncio.get_running_loop()
         for sig in SHUTDOWN_SIGNALS:
             loop.add_signal_handler(sig, self._on_signal, sig)
+        # The monitor starts us with these blocked (launcher.__main__ blocks them too when
+        # started directly): one sent before now is pending, and arrives here, handled.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SHUTDOWN_SIGNALS)
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.daemons.run(), name="daemons")

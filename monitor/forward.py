@@ -74,3 +74,24 @@ class SignalPipe:
                 break
             received.extend(data)
         return received
+
+
+def ensure_std_fds() -> None:
+    """Open /dev/null on any of fds 0-2 that is closed. Otherwise the next pipe we create
+    takes that number, and log lines written to "stdout" land in the signal wakeup pipe."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            # open() returns the lowest free descriptor: this one.
+            os.open(os.devnull, os.O_RDWR)
+
+
+def install_signals() -> SignalPipe:
+    """The monitor's handlers, the first thing it does: as PID 1 a signal that comes
+    before they exist is dropped by the kernel (init ignores what it does not handle).
+    The window left is the interpreter's start-up and this module's import."""
+    ensure_std_fds()
+    signals = SignalPipe()
+    signals.install()
+    return signals

@@ -13,7 +13,7 @@ from launcher.paths import derive
 from launcher.shutdown_budget import monitor_kill_after_s
 from monitor import cleanup, libc, log, spawn
 from monitor.exitcodes import EXIT_OK, EXIT_SPAWN_FAILED, EXIT_USAGE, code_from_wait_status
-from monitor.forward import FORWARDED, SignalPipe, signal_name
+from monitor.forward import FORWARDED, SignalPipe, install_signals, signal_name
 from monitor.reaper import Reaper, describe
 
 PROG = "virt-launcher-monitor"
@@ -69,17 +69,6 @@ class Monitor:
         self.reaper.reap()
 
 
-def _ensure_std_fds() -> None:
-    """Open /dev/null on any of fds 0-2 that is closed. Otherwise the next pipe we create
-    takes that number, and log lines written to "stdout" land in the signal wakeup pipe."""
-    for fd in (0, 1, 2):
-        try:
-            os.fstat(fd)
-        except OSError:
-            # open() returns the lowest free descriptor: this one.
-            os.open(os.devnull, os.O_RDWR)
-
-
 def _stderr(text: str) -> None:
     with contextlib.suppress(OSError):
         os.write(2, text.encode("utf-8", "replace"))
@@ -120,9 +109,11 @@ def _launch(opts: flags.Options, argv: Sequence[str], argv0: str, monitor: Monit
     return code
 
 
-def run(argv: Sequence[str], argv0: str) -> int:
-    """Run the monitor with `argv` (without the program name); returns the exit code."""
-    _ensure_std_fds()
+def run(argv: Sequence[str], argv0: str, signals: SignalPipe | None = None) -> int:
+    """Run the monitor with `argv` (without the program name); returns the exit code.
+    `signals`: the handlers monitor.__main__ installed first thing (else installed here)."""
+    if signals is None:
+        signals = install_signals()
     try:
         opts = flags.parse(argv, prog=PROG)
     except flags.FlagError as exc:
@@ -137,9 +128,6 @@ def run(argv: Sequence[str], argv0: str) -> int:
         log.warning("cannot become child subreaper; orphans will be re-parented elsewhere",
                     error=os.strerror(failure))
 
-    signals = SignalPipe()
-    # Handlers before the spawn: a launcher that dies at once must still wake us up.
-    signals.install()
     monitor = Monitor(signals, Reaper())
 
     code = _launch(opts, argv, argv0, monitor)

@@ -4,11 +4,14 @@ process, so no copy-on-write of the monitor's heap and no Python code in the chi
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Mapping, Sequence
 
 from monitor.forward import CHILD_DEFAULT_SIGNALS
 
 LAUNCHER_NAME = "virt-launcher"
+# The launcher's shutdown signals (launcher.supervisor.SHUTDOWN_SIGNALS).
+LAUNCHER_BLOCKED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP)
 
 
 def _is_executable_file(path: str) -> bool:
@@ -50,8 +53,11 @@ def spawn(binary: str, args: Sequence[str]) -> int:
         binary,
         [binary, *args],
         os.environ,
-        # Our handlers only exist in this interpreter; the launcher starts from defaults
-        # and an empty mask (a blocked SIGTERM there would make it unkillable but by KILL).
+        # Our handlers only exist in this interpreter; the launcher starts from defaults,
+        # with the termination signals blocked: one that comes before the launcher has
+        # its handlers stays pending, and is handled (the graceful path, exit 0) once it
+        # unblocks them, instead of killing it (exit 143). Until then only SIGKILL stops
+        # it, which the monitor's own deadline still sends.
         setsigdef=CHILD_DEFAULT_SIGNALS,
-        setsigmask=(),
+        setsigmask=LAUNCHER_BLOCKED_SIGNALS,
     )

@@ -147,6 +147,11 @@ def mode_daemonize() -> None:
 
 
 def main() -> None:
+    # The monitor starts the launcher with its termination signals blocked; the real one
+    # unblocks them once its handlers exist. This stand-in unblocks them at once (its
+    # modes set their own dispositions), and so do what it spawns.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT,
+                                                signal.SIGHUP))
     os.makedirs(STATE, exist_ok=True)
     write_atomic("argv.json", json.dumps(sys.argv[1:]))
     write_atomic("pid", str(os.getpid()))

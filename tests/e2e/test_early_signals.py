@@ -1,0 +1,36 @@
+"""A SIGTERM at any moment of the start-up ends in the graceful path and exit 0: the
+monitor starts the launcher with its termination signals blocked, and the launcher
+unblocks them once its handlers exist (a signal sent meanwhile waits). It used to kill a
+launcher that had no handlers yet: the pod exited 143 (reproduced with `sleep 0.12; kill
+-TERM <monitor>`). The delays are the point of the test, so they are fixed sleeps."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.harness import LAUNCHER, Instance, wait_for
+
+pytestmark = pytest.mark.e2e
+
+DELAYS_S = (0.0, 0.05, 0.1, 0.12, 0.15, 0.2, 0.3, 0.5)
+
+
+@pytest.mark.parametrize("entry", ["monitor", "launcher"])
+def test_sigterm_early_in_the_start_up_exits_0(make_instance: Callable[..., Instance],
+                                               entry: str) -> None:
+    codes = {}
+    for delay in DELAYS_S:
+        inst = make_instance(nonroot=False)
+        inst.start(binary=LAUNCHER if entry == "launcher" else None)
+        time.sleep(delay)
+        inst.signal(signal.SIGTERM)
+        codes[delay] = inst.wait_exit(timeout=60)
+        assert codes[delay] == 0, (delay, inst.tail())
+        wait_for(lambda i=inst: not i.leftovers(), 10, what="no processes left")  # type: ignore[misc]
+        assert not Path(inst.paths.cmd_socket).exists()
+    print(f"{entry}: exit codes by SIGTERM delay: {codes}")
