@@ -96,7 +96,7 @@ def build(opts: Options, paths: Paths, *, uri: str | None = None, with_daemons: 
     freeze = freeze_cls(agent_conn, relay, on_status=fsfreeze_status, **(freeze_options or {}))
     syncer = Syncer(opts=opts, paths=paths, conn=conn, domain=opts.domain_name,
                     accepting=accepting_syncs, **(syncer_options or {}))
-    commands = Commands(opts, conn, relay, agent_cache, freeze, syncer=syncer,
+    commands = Commands(opts, conn, relay, agent_cache, freeze, syncer=syncer, paths=paths,
                         agent_conn=agent_conn)
     cmd_server = CmdServer(init_socket=paths.cmd_init_socket, ready_socket=paths.cmd_socket,
                            nonroot=opts.run_as_nonroot, handlers=commands.handlers())

@@ -31,18 +31,18 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import libvirt
-import libvirt_qemu
 import structlog
 
+from launcher.guest.agent_command import AGENT_TIMEOUT_S, AgentTimeout, agent_command, guard_s
 from launcher.libvirt.connection import Connection
+from launcher.libvirt.domain import DomainAccess
 from launcher.notify.domain_state import State, status_and_reason
 from launcher.notify.relay import DomainRead
 
 FSFREEZE_STATUS_CMD = '{"execute":"guest-fsfreeze-status"}'
 FROZEN = "frozen"
 THAWED = "thawed"
-AGENT_TIMEOUT_S = 5  # libvirt's own timeout for the status query
-CALL_GUARD_S = AGENT_TIMEOUT_S + 5  # asyncio-side guard, should libvirt itself hang
+CALL_GUARD_S = guard_s(AGENT_TIMEOUT_S)  # asyncio-side guard, should libvirt itself hang
 FREEZE_AGENT_TIMEOUT_S = 60  # KubeVirt's fsFreezeRequestTimeoutSec: flushing takes time
 FREEZE_GUARD_S = FREEZE_AGENT_TIMEOUT_S + 10
 AUTO_THAW_ATTEMPTS = 3
@@ -92,6 +92,7 @@ class FreezeManager:
         cache then answers GetGuestInfo with it at once instead of after its next poll."""
         self._conn = conn
         self._relay = relay
+        self._domain = DomainAccess(conn, relay.domain)
         self._on_status = on_status
         self.domain = relay.domain
         self._attempts = auto_thaw_attempts
@@ -293,24 +294,13 @@ class FreezeManager:
                         attempts=self._attempts)
 
     # --- libvirt (blocking parts run in the executor) ---------------------------------------
-    def _lookup(self) -> Any:
-        conn = self._conn.conn
-        if conn is None:
-            raise ConnectionError("libvirt is not connected")
-        return conn.lookupByName(self.domain)
-
     async def _status(self) -> str:
-        def query() -> str:
-            answer: str = libvirt_qemu.qemuAgentCommand(self._lookup(), FSFREEZE_STATUS_CMD,
-                                                        AGENT_TIMEOUT_S, 0)
-            return answer
-
         try:
-            async with asyncio.timeout(CALL_GUARD_S):
-                answer = await self._conn.call(query)
-        except TimeoutError:
+            answer = await agent_command(self._domain, FSFREEZE_STATUS_CMD,
+                                         timeout_s=AGENT_TIMEOUT_S)
+        except AgentTimeout as exc:
             raise FreezeError(f"the guest agent did not answer guest-fsfreeze-status within "
-                              f"{CALL_GUARD_S}s") from None
+                              f"{exc.guard_s:g}s") from None
         try:
             status = json.loads(answer)["return"]
         except (ValueError, KeyError, TypeError):
@@ -321,8 +311,7 @@ class FreezeManager:
         return str(status)
 
     async def _fs_freeze(self) -> int:
-        def run() -> tuple[int, str]:
-            dom = self._lookup()
+        def run(dom: Any) -> tuple[int, str]:
             try:
                 dom.agentSetResponseTimeout(FREEZE_AGENT_TIMEOUT_S, 0)
             except libvirt.libvirtError as exc:
@@ -344,7 +333,7 @@ class FreezeManager:
 
         try:
             async with asyncio.timeout(FREEZE_GUARD_S):
-                result: tuple[int, str] = await self._conn.call(run)
+                result: tuple[int, str] = await self._domain.call(run)
         except TimeoutError:
             raise FreezeError(f"fsFreeze did not return within {FREEZE_GUARD_S}s") from None
         count, reset_error = result
@@ -353,13 +342,13 @@ class FreezeManager:
         return count
 
     async def _fs_thaw(self) -> int:
-        def run() -> int:
-            count: int = self._lookup().fsThaw(None, 0)
+        def run(dom: Any) -> int:
+            count: int = dom.fsThaw(None, 0)
             return count
 
         try:
             async with asyncio.timeout(CALL_GUARD_S):
-                result: int = await self._conn.call(run)
+                result: int = await self._domain.call(run)
         except TimeoutError:
-            raise FreezeError(f"fsThaw did not return within {CALL_GUARD_S}s") from None
+            raise FreezeError(f"fsThaw did not return within {CALL_GUARD_S:g}s") from None
         return result

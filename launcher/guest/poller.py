@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import libvirt
-import libvirt_qemu
 import structlog
 
 from launcher.guest import info as guest_info
+from launcher.guest.agent_command import AgentTimeout, agent_command, agent_error_text, request
 
 # The cache stores each raw agent command's "return" value under the command's name.
 from launcher.guest.info import (
@@ -39,9 +39,9 @@ from launcher.guest.info import (
     USERS,
 )
 from launcher.libvirt.connection import Connection
+from launcher.libvirt.domain import DomainAccess
+from launcher.libvirt.errors import LibvirtDisconnected
 
-AGENT_TIMEOUT_S = 5  # per agent command (libvirt's own timeout)
-CALL_GUARD_S = AGENT_TIMEOUT_S + 5  # asyncio-side guard, should libvirt itself hang
 FIRST_BACKOFF_S = 10.0  # interval after the first poll, doubling up to the group's own
 ERROR_LOG_INTERVAL_S = 60.0  # per command: errors are counted always, logged this often
 
@@ -111,20 +111,8 @@ class AgentError(Exception):
     pass
 
 
-def agent_command(conn: Any, domain: str, command: str, arguments: dict[str, Any] | None = None,
-                  timeout_s: int = AGENT_TIMEOUT_S) -> Any:
-    """Blocking (executor only): one guest agent command; its "return" value."""
-    if conn is None:
-        raise AgentError("libvirt is not connected")
-    request: dict[str, Any] = {"execute": command}
-    if arguments:
-        request["arguments"] = arguments
-    try:
-        dom = conn.lookupByName(domain)
-        reply = libvirt_qemu.qemuAgentCommand(dom, json.dumps(request), timeout_s, 0)
-    except libvirt.libvirtError as exc:
-        raise AgentError(f"{command}: libvirt error {exc.get_error_code()}: "
-                         f"{exc.get_error_message()}") from exc
+def agent_return(command: str, reply: str) -> Any:
+    """The "return" value of an agent's JSON reply."""
     try:
         return json.loads(reply)["return"]
     except (ValueError, KeyError, TypeError) as exc:
@@ -136,6 +124,7 @@ class AgentPoller:
                  on_change: Callable[[], None]) -> None:
         self.conn = conn
         self.domain = domain
+        self._access = DomainAccess(conn, domain)
         self.cache = cache
         self.groups = groups
         self.on_change = on_change
@@ -202,13 +191,15 @@ class AgentPoller:
     async def poll(self, command: str) -> None:
         if not self.supported(command):
             return
-        loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(CALL_GUARD_S):
-                value = await loop.run_in_executor(
-                    self._executor, agent_command, self.conn.conn, self.domain, command)
-        except (AgentError, TimeoutError) as exc:
-            self._error(command, str(exc) or "timed out")
+            reply = await agent_command(self._access, request(command),
+                                        executor=self._executor)
+            value = agent_return(command, reply)
+        except libvirt.libvirtError as exc:
+            self._error(command, agent_error_text(command, exc))
+            return
+        except (AgentError, AgentTimeout, LibvirtDisconnected) as exc:
+            self._error(command, str(exc))
             return
         self.polls += 1
         before = self._watched()

@@ -1,7 +1,8 @@
 """libvirt errors as text for clients and logs: code, symbolic name and libvirt's message.
 
-Shared by the command API (launcher.cmd.commands) and SyncVirtualMachine (launcher.vm.sync), which
-both answer with libvirt's words."""
+Shared by the command API (launcher.cmd), SyncVirtualMachine (launcher.vm.sync) and the guest
+agent calls (launcher.guest), which all answer with libvirt's words; and the one exception for
+"there is no libvirt connection right now" (launcher.libvirt.domain raises it)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,18 @@ def _error_names() -> dict[int, str]:
 
 
 ERROR_NAMES = _error_names()
+
+
+NOT_CONNECTED = "libvirt is not connected"
+
+
+class LibvirtDisconnected(ConnectionError):
+    """No live libvirt connection (the daemon is restarting, or the connection was lost
+    during the call). A ConnectionError: the handlers that caught ConnectionError before
+    catch it unchanged, and its message is the one clients always got."""
+
+    def __init__(self, message: str = NOT_CONNECTED) -> None:
+        super().__init__(message)
 
 
 def libvirt_message(exc: libvirt.libvirtError) -> str:

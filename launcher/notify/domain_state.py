@@ -17,6 +17,10 @@ class State(IntEnum):  # virDomainState
     PMSUSPENDED = 7
 
 
+# A domain with a QEMU behind it (running, paused, shutting down...): what can be reset,
+# dumped, pinged, and what a launcher's shutdown has to bring down.
+ALIVE_STATES = (State.RUNNING, State.BLOCKED, State.PAUSED, State.SHUTDOWN, State.PMSUSPENDED)
+
 LIFECYCLE = {
     State.NOSTATE: "NoState",
     State.RUNNING: "Running",

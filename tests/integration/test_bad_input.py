@@ -204,7 +204,7 @@ async def rig() -> AsyncIterator[Rig]:
                                on_status=lambda s: agent.put(guest_info.FSFREEZE_STATUS, s))
         syncer = Syncer(opts=opts, paths=paths, conn=conn, domain=domain,
                         kvm_probe=lambda: (False, "not on this test host"))
-        commands = Commands(opts, conn, relay, agent, freeze, syncer=syncer)
+        commands = Commands(opts, conn, relay, agent, freeze, syncer=syncer, paths=paths)
         server = CmdServer(init_socket=os.path.join(root, "init-sock"),
                            ready_socket=os.path.join(root, "sock"), nonroot=False,
                            handlers=commands.handlers())

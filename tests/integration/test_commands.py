@@ -1,4 +1,4 @@
-"""The command API's handlers (launcher.cmd.commands) as virt-handler meets them: a real
+"""The command API's handlers (launcher.cmd) as virt-handler meets them: a real
 CmdServer on a real UNIX socket, real gRPC clients, and libvirt's own test:///default
 driver underneath.
 
@@ -42,6 +42,8 @@ from launcher.libvirt.connection import Connection, ensure_event_loop
 from launcher.notify.domain_state import State
 from launcher.notify.notifier import Notifier
 from launcher.notify.relay import DomainRelay
+from launcher.paths import derive
+from launcher.vm.sync import Syncer
 from tests.integration.notify_support import run_uvloop
 
 pytestmark = pytest.mark.timeout(120)
@@ -186,7 +188,10 @@ async def rig(start: bool = True,
         # Wired as the supervisor wires it: what the manager learns reaches the cache.
         freeze = freeze_cls(conn, relay, auto_thaw_retry_s=0.1,
                             on_status=lambda s: agent.put(guest_info.FSFREEZE_STATUS, s))
-        commands = Commands(opts, conn, relay, agent, freeze)
+        # The Syncer the launcher builds (launcher.wiring), here with its default KVM probe.
+        paths = derive(opts)
+        syncer = Syncer(opts=opts, paths=paths, conn=conn, domain=domain)
+        commands = Commands(opts, conn, relay, agent, freeze, syncer=syncer, paths=paths)
         server = CmdServer(init_socket=os.path.join(root, "init-sock"),
                            ready_socket=os.path.join(root, "sock"), nonroot=False,
                            handlers=commands.handlers())

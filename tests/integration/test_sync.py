@@ -156,7 +156,7 @@ async def rig(*, allow_emulation: bool = True,
                                on_status=lambda s: agent.put(guest_info.FSFREEZE_STATUS, s))
         syncer = Syncer(opts=opts, paths=paths, conn=conn, domain=domain,
                         kvm_probe=lambda: kvm)
-        commands = Commands(opts, conn, relay, agent, freeze, syncer=syncer)
+        commands = Commands(opts, conn, relay, agent, freeze, syncer=syncer, paths=paths)
         server = CmdServer(init_socket=os.path.join(root, "init-sock"),
                            ready_socket=os.path.join(root, "sock"), nonroot=False,
                            handlers=commands.handlers())
