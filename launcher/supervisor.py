@@ -44,7 +44,7 @@ from launcher.shutdown_budget import (
     FINAL_NOTIFY_TIMEOUT_S,
 )
 from launcher.state import State
-from launcher.vm.errors import StandaloneError, SyncError
+from launcher.vm.errors import StandaloneError, SyncAborted, SyncError
 from launcher.vm.standalone import STANDALONE_ENV, adopt_identity, parse_standalone
 from launcher.wiring import build
 
@@ -290,6 +290,11 @@ class Launcher:
         self._log.info("syncing STANDALONE_VMI")
         try:
             result = await self.syncer.sync(doc, None)
+        except SyncAborted as exc:
+            # A signal during the sync: nothing was started; the pod just ends (exit 0).
+            self._log.info("STANDALONE_VMI not started: the launcher is shutting down",
+                           detail=str(exc))
+            return False
         except SyncError as exc:
             raise StandaloneFailed(str(exc), exc.field) from None
         return result.action == "started"

@@ -20,3 +20,8 @@ class StandaloneError(ValueError):
     def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message)
         self.field = field
+
+
+class SyncAborted(SyncError):
+    """The launcher began shutting down during the sync: stopped before anything was
+    defined or started (a SIGTERM must not start a QEMU only to stop it again)."""

@@ -40,7 +40,7 @@ from launcher.libvirt.connection import Connection
 from launcher.libvirt.errors import libvirt_message, unsupported_flags
 from launcher.paths import Paths, agent_socket_too_long
 from launcher.vm import disks
-from launcher.vm.errors import SyncError
+from launcher.vm.errors import SyncAborted, SyncError
 from launcher.vm.kvm import kvm_usable, use_emulation
 from launcher.vm.options import disk_directories, options_from_request, pod_cpus, tcg_cpu_modes
 from launcher.vm.xmldiff import (
@@ -114,7 +114,7 @@ class Syncer:
         request's VirtualMachineOptions, None when not sent. Raises SyncError."""
         async with self._lock:
             if not self._accepting():
-                raise SyncError("the launcher is shutting down; not syncing the VMI")
+                raise SyncAborted("the launcher is shutting down; not syncing the VMI")
             t0 = time.monotonic()
             result = await self._sync(vmi, options)
             self._log.info("synced", action=result.action, message=result.message,
@@ -183,11 +183,19 @@ class Syncer:
         if (too_long := agent_socket_too_long(self.paths, self.domain)) is not None:
             # libvirt's own error comes only after the disks were prepared, at start
             raise SyncError(too_long)
+        self._check_accepting("preparing the disks")
         await self._prepare_disks(conversion.preps, str(_metadata(vmi).get("uid") or ""))
+        # The disk preparation can take a while; a stop that came meanwhile wins.
+        self._check_accepting("defining and starting the domain")
         paused = _start_paused(vmi)
         started: SyncResult = await self._libvirt(
             "starting the domain", self._define_and_start, conversion, current, paused)
         return started
+
+    def _check_accepting(self, step: str) -> None:
+        if not self._accepting():
+            self._log.info("the launcher is shutting down; sync stopped", before=step)
+            raise SyncAborted(f"the launcher is shutting down; stopped before {step}")
 
     def _probe_and_convert(self, vmi: Mapping[str, Any], opts: ConvertOptions) -> Conversion:
         """The block-mode volumes found in the pod (KubeVirt's isBlockDeviceVolume: the

@@ -192,3 +192,31 @@ def test_a_bad_standalone_vmi_exits_with_its_code_and_leaves_nothing(
         assert inst.logged("launcher exited cleanly") == []
         assert inst.logged("stopping")  # the orderly teardown ran: daemons stopped
     wait_for(lambda: not inst.leftovers(), 10, what="no processes left")
+
+
+def test_sigterm_during_the_standalone_sync_starts_no_qemu(
+    make_instance: Callable[..., Instance], receiver_for: Callable[..., Receiver]
+) -> None:
+    """The signal comes while STANDALONE_VMI is being converted and its disks prepared:
+    no domain is defined or started (it used to start QEMU, then shut it down again), the
+    launcher exits 0 and leaves nothing. The disk preparation (a worker process running
+    qemu-img and building the ISO) is the window; when the sync beats the signal, the
+    attempt is repeated."""
+    for attempt in range(3):
+        inst = make_instance(nonroot=False, extra_args=EMULATION)
+        doc = guest(inst)
+        inst.start(env={"STANDALONE_VMI": json.dumps(doc)})
+        wait_for(lambda i=inst: i.logged("syncing STANDALONE_VMI"), 30, interval=0.005,  # type: ignore[misc]
+                 what="the sync's start")
+        inst.signal(signal.SIGTERM)
+        assert inst.wait_exit(timeout=60) == 0, inst.tail()
+        if inst.logged("synced"):
+            print(f"attempt {attempt}: the sync finished before the signal; again")
+            continue
+        assert inst.logged("STANDALONE_VMI not started: the launcher is shutting down"), \
+            inst.tail()
+        assert not inst.logged("watching QEMU")
+        assert not list(Path(inst.paths.qemu_log_dir).glob("*.log")), "QEMU was started"
+        wait_for(lambda i=inst: not i.leftovers(), 10, what="no processes left")  # type: ignore[misc]
+        return
+    pytest.fail("the sync finished before the signal in every attempt")

@@ -29,7 +29,7 @@ from launcher.converter import (
 from launcher.converter.plan import ExistingFile, Prep
 from launcher.libvirt.connection import Connection
 from launcher.paths import derive
-from launcher.vm.errors import StandaloneError, SyncError
+from launcher.vm.errors import StandaloneError, SyncAborted, SyncError
 from launcher.vm.identity import uid_mismatch
 from launcher.vm.kvm import cpu_virt_missing, kvm_device_problem, kvm_usable, use_emulation
 from launcher.vm.options import options_from_request, pod_cpus
@@ -518,3 +518,23 @@ def test_syncer_refuses_an_agent_socket_path_too_long_before_preparing_disks(
     # the same root as root (system mode: libvirt's /var/lib path) is fine
     result = run(syncer(conn, prepared=prepared, tmp=deep).sync(VMI_DOC))
     assert result.action == "started" and len(prepared) == 1
+
+
+def test_a_stop_during_the_disk_preparation_starts_nothing(tmp_path: Path) -> None:
+    """A SIGTERM while the disks are prepared (STANDALONE_VMI's sync at start-up): the
+    sync stops before define/start, so no QEMU is started only to be stopped again."""
+    conn = FakeConn()
+    stopping = [False]
+    s = syncer(conn, tmp=tmp_path)
+
+    def prepare(preps: Sequence[Prep]) -> None:
+        stopping[0] = True  # the signal comes while the disks are being prepared
+
+    s._prepare = prepare
+    s._accepting = lambda: not stopping[0]
+    with pytest.raises(SyncAborted, match="stopped before defining and starting the domain"):
+        run(s.sync(VMI_DOC))
+    assert conn.defined == [] and "ns1_vm1" not in conn.domains
+    # and once stopping, nothing is even prepared
+    with pytest.raises(SyncAborted, match="not syncing the VMI"):
+        run(s.sync(VMI_DOC))
