@@ -65,10 +65,3 @@ def configure(component: str, verbosity: int = 2) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING if level > logging.DEBUG else logging.DEBUG)
     _configured = True
-
-
-def get(**context: Any) -> structlog.typing.FilteringBoundLogger:
-    if not _configured:
-        configure("virt-launcher")
-    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger()
-    return logger.bind(**context) if context else logger

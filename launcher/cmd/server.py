@@ -47,8 +47,9 @@ class CmdInfoService(cmd_info_grpc.CmdInfoServicer):  # type: ignore[misc]
 
 
 class CmdService(cmd_pb2_grpc.CmdServicer):  # type: ignore[misc]
-    """Every rpc of the contract answers. Implemented ones come from `handlers`; the rest
-    say specifically that they are not implemented (never a crash, never a hang)."""
+    """Every rpc of the contract answers. The launcher's `handlers` cover all of them
+    (launcher.cmd.commands checks that); a server given fewer (a test's canned set) says
+    specifically that it does not serve the rest (never a crash, never a hang)."""
 
     def __init__(self, handlers: dict[str, Handler]) -> None:
         self._handlers = handlers
@@ -64,8 +65,8 @@ class CmdService(cmd_pb2_grpc.CmdServicer):  # type: ignore[misc]
             if handler is None:
                 if rpc in STATUS_CODE_RPCS:
                     await context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                                        f"{rpc} is not implemented yet by this launcher")
-                return failure(rpc, f"{rpc} is not implemented yet by this launcher")
+                                        f"{rpc} is not served by this command server")
+                return failure(rpc, f"{rpc} is not served by this command server")
             try:
                 return await handler(request, context)
             except (asyncio.CancelledError, grpc.aio.AbortError):

@@ -260,7 +260,7 @@ def test_every_cmd_rpc_answers(paths: Paths) -> None:
                     assert inner.success is True
                 else:
                     assert inner.success is False, rpc
-                    assert inner.message == f"{rpc} is not implemented yet by this launcher"
+                    assert inner.message == f"{rpc} is not served by this command server"
                 seen[rpc] = "OK"
             await assert_pings(channel)
 
