@@ -57,11 +57,11 @@ from hack.bench_cmd import (
     wait_for,
 )
 from hack.bench_cmd import run as bench_cmd_run
-from hack.guestvm import domain_xml, guest_env
 from launcher import flags, logs
 from launcher.libvirt.daemons import DaemonSet
 from launcher.paths import Paths, derive
 from launcher.setup import prepare
+from tests.support.guestvm import domain_xml, guest_env
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench-results.json"

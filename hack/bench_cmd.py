@@ -45,10 +45,11 @@ import grpc
 import libvirt
 import psutil
 
-from hack.guestvm import AGENT_CHANNEL, stage, vmi
 from launcher import flags
 from launcher._proto.kubevirt.cmd.v1 import cmd_pb2, cmd_pb2_grpc
 from launcher.paths import Paths, derive
+from tests.support.guestvm import AGENT_CHANNEL, stage, vmi
+from tests.support.harness import processes_referencing
 
 BIN = Path(sys.executable).parent
 NAME = "bench"
@@ -253,26 +254,9 @@ def run_clients(paths: Paths, method: str, *, clients: int, calls: int, warmup: 
             "client_cpu_us_per_call": round(client_cpu / len(lat) * 1e6, 1)}
 
 
-def cmd_refs(root: Path | str) -> list[psutil.Process]:
-    """Processes (not us) whose command line or environment mentions `root` (the runtime
-    root, or any marker): daemons, QEMU, and anything spawned with our XDG dirs."""
-    marker, me = str(root), os.getpid()
-    out = []
-    for p in psutil.process_iter(["cmdline"]):
-        if p.pid == me:
-            continue
-        try:
-            if any(marker in a for a in p.info["cmdline"] or ()) or any(
-                    marker in v for v in p.environ().values()):
-                out.append(p)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-    return out
-
-
 def kill_strays(base: Path) -> list[int]:
     """Kill processes (not us) that mention `base`; their pids."""
-    strays = cmd_refs(base)
+    strays = processes_referencing(str(base))
     for p in strays:
         log(f"    killing leftover pid {p.pid}")
         with contextlib.suppress(psutil.Error):
@@ -442,7 +426,7 @@ def bench(base: Path, res: dict[str, Any], procs: list[subprocess.Popen[bytes]])
         receiver.kill()
         receiver.wait()
     time.sleep(0.2)
-    left = cmd_refs(root)
+    left = processes_referencing(str(root))
     res["processes_left"] = len(left)
     res["clean_shutdown"] = code == 0 and not left
     log(f"    monitor exited {code} after {res['shutdown_s']}s; "

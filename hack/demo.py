@@ -22,7 +22,6 @@ Run as a module from the repository root: python -m hack.demo
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -40,10 +39,11 @@ import grpc
 import psutil
 import yaml
 
-from hack.guestvm import AGENT_CHANNEL, stage, vmi
 from launcher import flags
 from launcher._proto.kubevirt.cmd.v1 import cmd_pb2, cmd_pb2_grpc
 from launcher.paths import Paths, derive
+from tests.support.guestvm import AGENT_CHANNEL, stage, vmi
+from tests.support.harness import kill_all, processes_referencing
 from tests.support.virt_handler import Verdict, replay
 
 BIN = Path(sys.executable).parent
@@ -335,8 +335,8 @@ def main() -> int:
         say(f"    monitor exited with {code} after {time.monotonic() - t2:.2f}s")
         receiver.terminate()
         receiver.wait(10)
-        left = [p for p in psutil.process_iter(["cmdline"])
-                if any(str(root) in a for a in p.info["cmdline"] or ())]
+        # As the tests look for them: command line or environment (tests.support.harness).
+        left = processes_referencing(str(root))
         say(f"    processes left referencing the runtime root: {len(left)}")
         seen_domains = events.domains()
         view = replay([e["domain"] for e in seen_domains])
@@ -383,12 +383,8 @@ def cleanup(procs: list[subprocess.Popen[bytes]], root: Path) -> None:
                 p.wait(wait_s)
             except subprocess.TimeoutExpired:
                 continue
-    left = [p for p in psutil.process_iter(["cmdline"])
-            if any(str(root) in a for a in p.info["cmdline"] or ())]
-    for proc in left:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.kill()
-    psutil.wait_procs(left, timeout=5)
+    left = processes_referencing(str(root))
+    kill_all(left)
     if left:
         say(f"    killed {len(left)} leftover processes of the runtime root")
 

@@ -49,7 +49,6 @@ import psutil
 from hack.bench_cmd import (
     BenchError,
     agent_connected,
-    cmd_refs,
     guest_info,
     has_log,
     json_lines,
@@ -58,10 +57,11 @@ from hack.bench_cmd import (
     stop_all,
     wait_for,
 )
-from hack.guestvm import stage, vmi
 from launcher import flags
 from launcher._proto.kubevirt.cmd.v1 import cmd_pb2, cmd_pb2_grpc
 from launcher.paths import Paths, derive
+from tests.support.guestvm import stage, vmi
+from tests.support.harness import processes_referencing
 
 BIN = Path(sys.executable).parent
 PREFIX = "pvl-soak-"
@@ -193,7 +193,7 @@ def cycle(n: int, keep_failed: bool) -> dict[str, Any]:
         receiver = procs[0]
         receiver.terminate()
         receiver.wait(10)
-        wait_for(lambda: not cmd_refs(base), 10, "no process left")
+        wait_for(lambda: not processes_referencing(str(base)), 10, "no process left")
         if mounts_with(str(base)):
             raise CycleError(f"mounts left: {mounts_with(str(base))}")
         residue = [p for p in root.rglob("*") if p.is_socket() or p.name.endswith(".pid")]
@@ -270,7 +270,7 @@ def summarize(cycles: list[dict[str, Any]], before: dict[str, int],
     else:
         summary["first_vs_last"] = f"needs >= {2 * COMPARE} good cycles"
     summary["host_before"], summary["host_after"] = before, after
-    checks["no soak process or mount left"] = (not cmd_refs(PREFIX)
+    checks["no soak process or mount left"] = (not processes_referencing(PREFIX)
                                                and not mounts_with(PREFIX))
     checks["no QEMU more than before"] = after["qemu_processes"] <= before["qemu_processes"]
     checks["soak's own fds unchanged"] = after["soak_fds"] <= before["soak_fds"]

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import failed
-from tests.e2e.guest import Receiver
-from tests.e2e.harness import Instance, instance
+from tests.support.guest import Receiver
+from tests.support.harness import Instance, instance
 
 
 @pytest.fixture(scope="session", autouse=True)

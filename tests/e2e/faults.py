@@ -24,9 +24,9 @@ from typing import Any
 import grpc
 
 from launcher._proto.kubevirt.cmd.v1 import cmd_pb2
-from tests.e2e import guest
-from tests.e2e.guest import Receiver, agent_state, status
-from tests.e2e.harness import Instance, socket_accepts, wait_for
+from tests.support import guest
+from tests.support.guest import Receiver, agent_state, status
+from tests.support.harness import Instance, socket_accepts, wait_for
 
 SEED_ENV = "PVL_FAULT_SEED"
 _BASE_SEED = int(os.environ.get(SEED_ENV, "0") or "0") or random.SystemRandom().randrange(

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import psutil
 
-from tests.e2e.harness import Instance, wait_for
+from tests.support.harness import Instance, wait_for
 
 # --fork: the monitor, not unshare, must be PID 1 (unshare itself stays in the host's
 # namespace, waits, and exits with the monitor's status). --mount-proc: the monitor scans

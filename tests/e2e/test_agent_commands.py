@@ -14,12 +14,11 @@ from typing import Any
 import grpc
 import pytest
 
-from hack.guestvm import GUEST_IP, GUEST_MAC
 from launcher._proto.kubevirt.cmd.v1 import cmd_pb2
 from tests.e2e.contract_client import ContractClient
-from tests.e2e.guest import BOOT_TO_AGENT_TIMEOUT_S, Cmd, Receiver, agent_state, status
-from tests.e2e.harness import VENV_BIN, Instance, wait_for
-from tests.e2e.test_vm_lifecycle import boot
+from tests.support.guest import BOOT_TO_AGENT_TIMEOUT_S, Cmd, Receiver, agent_state, boot, status
+from tests.support.guestvm import GUEST_IP, GUEST_MAC
+from tests.support.harness import VENV_BIN, Instance, wait_for
 
 pytestmark = pytest.mark.e2e
 

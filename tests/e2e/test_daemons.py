@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from launcher.exitcodes import ExitCode
-from tests.e2e.harness import Instance, wait_for
+from tests.support.harness import Instance, wait_for
 
 KILLS_PER_DAEMON = 5
 BACK_WITHIN_S = 2.0
@@ -28,7 +28,7 @@ def kill_and_wait_back(inst: Instance, name: str) -> float:
         pid = inst.daemon_pid(name)
         if pid is None or pid == old:
             return False
-        from tests.e2e.harness import socket_accepts  # noqa: PLC0415
+        from tests.support.harness import socket_accepts  # noqa: PLC0415
 
         return socket_accepts(sock)
 

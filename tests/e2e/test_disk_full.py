@@ -26,9 +26,9 @@ import pytest
 from launcher._proto.kubevirt.cmd.v1 import cmd_pb2
 from launcher.exitcodes import ExitCode
 from tests.e2e.faults import Cmd, LogTail
-from tests.e2e.guest import BOOT_TO_AGENT_TIMEOUT_S, Receiver, ended, status
-from tests.e2e.harness import Instance, wait_for
-from tests.e2e.test_standalone import guest, stub, sync
+from tests.support.guest import BOOT_TO_AGENT_TIMEOUT_S, Receiver, ended, status
+from tests.support.harness import Instance, wait_for
+from tests.support.standalone import guest, stub, sync
 
 pytestmark = pytest.mark.e2e
 

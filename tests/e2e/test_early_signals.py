@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import LAUNCHER, Instance, wait_for
+from tests.support.harness import LAUNCHER, Instance, wait_for
 
 pytestmark = pytest.mark.e2e
 

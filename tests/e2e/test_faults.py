@@ -45,9 +45,9 @@ from tests.e2e.faults import (
     snapshots_after,
     wait_fsfreeze,
 )
-from tests.e2e.guest import BOOT_TO_AGENT_TIMEOUT_S, Receiver, agent_state, ended, status
-from tests.e2e.harness import Instance, wait_for
-from tests.e2e.test_standalone import guest
+from tests.support.guest import BOOT_TO_AGENT_TIMEOUT_S, Receiver, agent_state, ended, status
+from tests.support.harness import Instance, wait_for
+from tests.support.standalone import guest
 
 pytestmark = pytest.mark.e2e
 

@@ -18,9 +18,9 @@ import psutil
 import pytest
 
 from launcher._proto.kubevirt.cmd.v1 import cmd_pb2
-from tests.e2e.guest import Receiver
-from tests.e2e.harness import Instance, ensure_test_user, wait_for
-from tests.e2e.test_standalone import EMULATION, guest, guest_info, stop_cleanly, stub, wait_agent
+from tests.support.guest import Receiver
+from tests.support.harness import Instance, ensure_test_user, wait_for
+from tests.support.standalone import EMULATION, guest, guest_info, stop_cleanly, stub, wait_agent
 
 pytestmark = pytest.mark.e2e
 

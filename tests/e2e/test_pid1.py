@@ -22,15 +22,6 @@ import psutil
 import pytest
 
 from monitor.exitcodes import SIGNAL_EXIT_BASE
-from tests.e2e.guest import (
-    BOOT_TO_AGENT_TIMEOUT_S,
-    Receiver,
-    agent_state,
-    define_and_start,
-    ended,
-    status,
-)
-from tests.e2e.harness import Instance, wait_for
 from tests.e2e.pid1 import (
     UNSHARE,
     Pid1,
@@ -41,6 +32,15 @@ from tests.e2e.pid1 import (
     ns_pid,
     state,
 )
+from tests.support.guest import (
+    BOOT_TO_AGENT_TIMEOUT_S,
+    Receiver,
+    agent_state,
+    define_and_start,
+    ended,
+    status,
+)
+from tests.support.harness import Instance, wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -28,9 +28,9 @@ import grpc
 import psutil
 import pytest
 
-from hack.guestvm import stage, vmi
 from launcher._proto.kubevirt.cmd.v1 import cmd_pb2, cmd_pb2_grpc
-from tests.e2e.harness import Instance
+from tests.support.guestvm import stage, vmi
+from tests.support.harness import Instance
 
 pytestmark = pytest.mark.e2e
 

@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
 
 import grpc
 import psutil
@@ -22,34 +21,21 @@ import pytest
 
 from launcher._proto.kubevirt.cmd.v1 import cmd_pb2, cmd_pb2_grpc
 from launcher.exitcodes import ExitCode
-from tests.e2e.guest import (
-    BOOT_TO_AGENT_TIMEOUT_S,
+from tests.support.guest import (
     Cmd,
     Receiver,
     agent_state,
-    define_and_start,
+    boot,
     domain_xml,
+    get_domain,
+    qemu_pid,
     status,
     with_domain,
 )
-from tests.e2e.harness import Instance, wait_for
+from tests.support.harness import Instance, wait_for
 from tests.support.virt_handler import VirtHandlerView, replay
 
 pytestmark = pytest.mark.e2e
-
-
-def get_domain(sock: str) -> dict[str, Any]:
-    """Cmd.GetDomain over the launcher's socket, as virt-handler calls it."""
-    with grpc.insecure_channel(f"unix:{sock}") as channel:
-        resp = cmd_pb2_grpc.CmdStub(channel).GetDomain(cmd_pb2.EmptyRequest(), timeout=5)
-    assert resp.response.success, resp.response.message
-    doc: dict[str, Any] = json.loads(resp.domain)
-    return doc
-
-
-def qemu_pid(inst: Instance) -> int:
-    with open(inst.paths.qemu_pidfile) as f:
-        return int(f.read().strip())
 
 
 class QemuGone:
@@ -83,15 +69,6 @@ def judged(receiver: Receiver, qemu: QemuGone) -> VirtHandlerView:
         # virt-handler saw the final state before the deletion
         assert first > 0 and not view.verdicts[first - 1].alive, view.verdicts[:first]
     return view
-
-
-def boot(inst: Instance, receiver: Receiver, **kwargs: Any) -> dict[str, Any]:
-    inst.start()
-    inst.wait_running()
-    define_and_start(inst, **kwargs)
-    return receiver.wait_domain(
-        lambda e: status(e) == ("Running", "Unknown") and agent_state(e) == "connected",
-        BOOT_TO_AGENT_TIMEOUT_S, "Running snapshot with the agent connected")
 
 
 def test_lifecycle_snapshots_daemon_restart_and_graceful_shutdown(

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.guest import Cmd, Receiver
-from tests.e2e.harness import Instance
-from tests.e2e.test_standalone import EMULATION, guest, stop_cleanly, wait_agent
+from tests.support.guest import Cmd, Receiver
+from tests.support.harness import Instance
+from tests.support.standalone import EMULATION, guest, stop_cleanly, wait_agent
 
 pytestmark = pytest.mark.e2e
 

@@ -15,10 +15,10 @@ from typing import Any
 
 import grpc
 
-from hack import guestvm
-from hack.guestvm import AGENT_CHANNEL, guest_env
 from launcher._proto.kubevirt.cmd.v1 import cmd_pb2, cmd_pb2_grpc
-from tests.e2e.harness import VENV_BIN, Instance, ensure_test_user, wait_for
+from tests.support import guestvm
+from tests.support.guestvm import AGENT_CHANNEL, guest_env
+from tests.support.harness import VENV_BIN, Instance, ensure_test_user, wait_for
 
 BOOT_TO_AGENT_TIMEOUT_S = 90.0  # ~8 s alone under TCG; several guests share 2 cores
 
@@ -227,3 +227,26 @@ class Cmd:
             fn()
             out.append((time.perf_counter() - t0) * 1000)
         return out
+
+
+def get_domain(sock: str) -> dict[str, Any]:
+    """Cmd.GetDomain over the launcher's socket, as virt-handler calls it."""
+    with grpc.insecure_channel(f"unix:{sock}") as channel:
+        resp = cmd_pb2_grpc.CmdStub(channel).GetDomain(cmd_pb2.EmptyRequest(), timeout=5)
+    assert resp.response.success, resp.response.message
+    doc: dict[str, Any] = json.loads(resp.domain)
+    return doc
+
+
+def qemu_pid(inst: Instance) -> int:
+    with open(inst.paths.qemu_pidfile) as f:
+        return int(f.read().strip())
+
+
+def boot(inst: Instance, receiver: Receiver, **kwargs: Any) -> dict[str, Any]:
+    inst.start()
+    inst.wait_running()
+    define_and_start(inst, **kwargs)
+    return receiver.wait_domain(
+        lambda e: status(e) == ("Running", "Unknown") and agent_state(e) == "connected",
+        BOOT_TO_AGENT_TIMEOUT_S, "Running snapshot with the agent connected")
