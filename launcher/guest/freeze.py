@@ -225,6 +225,11 @@ class FreezeManager:
 
     async def _thaw_locked(self, source: str) -> None:
         read = await self._relay.read()
+        if read is None and source == "rpc":
+            # As KubeVirt's UnfreezeVMI, whose domain lookup fails: an error, not a
+            # success that would tell a backup tool a guest it cannot see is thawed.
+            self._forget()
+            raise FreezeError(f"cannot thaw: domain {self.domain} not found")
         if read is None or read.state in _DOWN:
             self._log.info("nothing to thaw: the domain is not running", source=source)
             self._forget()

@@ -466,6 +466,10 @@ def test_unknown_domain() -> None:
                                                         f"domain {r.domain} not found"), rpc
             resp = await r.call("FreezeVirtualMachine")
             assert resp.message == f"cannot freeze: domain {r.domain} not found"
+            # KubeVirt's UnfreezeVMI fails its domain lookup here: not a success
+            resp = await r.call("UnfreezeVirtualMachine")
+            assert (resp.success, resp.message) == (False, f"cannot thaw: domain {r.domain} "
+                                                           "not found")
             resp = await r.call("GetDomain")
             assert (resp.response.success, resp.domain) == (True, "")
             resp = await r.call("GetDomainStats")
