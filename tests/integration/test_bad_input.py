@@ -30,7 +30,6 @@ import concurrent.futures
 import contextlib
 import copy
 import json
-import os
 import random
 import re
 import shutil
@@ -39,7 +38,6 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,17 +53,10 @@ from hypothesis import strategies as st
 from launcher import flags
 from launcher._proto.kubevirt.cmd.info import info_pb2
 from launcher._proto.kubevirt.cmd.v1 import cmd_pb2, cmd_pb2_grpc
-from launcher.cmd.commands import Commands
-from launcher.cmd.server import MAX_MESSAGE_BYTES, CmdServer
-from launcher.guest import info as guest_info
-from launcher.guest.freeze import FreezeManager
-from launcher.guest.poller import AgentCache
-from launcher.libvirt.connection import Connection, ensure_event_loop
-from launcher.notify.notifier import Notifier
-from launcher.notify.relay import DomainRelay
-from launcher.paths import derive
-from launcher.vm.sync import Syncer
+from launcher.cmd.server import MAX_MESSAGE_BYTES
+from launcher.libvirt.connection import ensure_event_loop
 from tests.integration.notify_support import run_uvloop
+from tests.support.rigs import operator, serving
 from tests.unit.converter.test_properties import vmis
 
 pytestmark = pytest.mark.timeout(180)
@@ -184,57 +175,20 @@ async def rig() -> AsyncIterator[Rig]:
     root = tempfile.mkdtemp(dir="/tmp", prefix="pvl-b-")  # sun_path holds 108 bytes
     opts = flags.parse(["--name", name, "--namespace", NAMESPACE, "--uid", UID,
                         "--runtime-root", root, "--allow-emulation"], environ={})
-    paths = derive(opts)
-    for d in paths.dirs_to_create():
-        os.makedirs(d, exist_ok=True)
-    executor = ThreadPoolExecutor(4)
-    conn = Connection(URI, executor)
-    loop = asyncio.get_running_loop()
-    operator = await loop.run_in_executor(None, libvirt.open, URI)
-    server: CmdServer | None = None
-    commands: Commands | None = None
-    freeze: FreezeManager | None = None
     try:
-        await conn.connect()
-        notifier = Notifier(os.path.join(root, "notify.sock"))  # never run: nobody listens
-        relay = DomainRelay(conn=conn, notifier=notifier, domain=domain, name=name,
-                            namespace=NAMESPACE, uid=UID)
-        agent = AgentCache()
-        freeze = FreezeManager(conn, relay, auto_thaw_retry_s=0.1,
-                               on_status=lambda s: agent.put(guest_info.FSFREEZE_STATUS, s))
-        syncer = Syncer(opts=opts, paths=paths, conn=conn, domain=domain,
-                        kvm_probe=lambda: (False, "not on this test host"))
-        commands = Commands(opts, conn, relay, agent, freeze, syncer=syncer, paths=paths)
-        server = CmdServer(init_socket=os.path.join(root, "init-sock"),
-                           ready_socket=os.path.join(root, "sock"), nonroot=False,
-                           handlers=commands.handlers())
-        await asyncio.wait_for(server.start(), 20)
-        async with grpc.aio.insecure_channel(f"unix:{server.ready_socket}") as channel:
+        async with operator(URI, domain=domain) as virsh, \
+                serving(opts, uri=URI, freeze_options={"auto_thaw_retry_s": 0.1},
+                        syncer_options={"kvm_probe": lambda: (False, "not on this host")}
+                        ) as parts, \
+                grpc.aio.insecure_channel(f"unix:{parts.paths.cmd_socket}") as channel:
             # The domain comes from a real Sync (converter, disks, define, start).
             resp = await cmd_pb2_grpc.CmdStub(channel).SyncVirtualMachine(
-                cmd_pb2.VMIRequest(vmi=cmd_pb2.VMI(vmiJson=json.dumps(vmi_doc(name)).encode())),
-                timeout=CALL_TIMEOUT_S)
-            assert (resp.success, resp.message) == (True, f"domain {domain} defined and started")
-            yield Rig(name, domain, root, server.ready_socket, channel, operator)
+                cmd_pb2.VMIRequest(vmi=cmd_pb2.VMI(
+                    vmiJson=json.dumps(vmi_doc(name)).encode())), timeout=CALL_TIMEOUT_S)
+            assert (resp.success, resp.message) == (True,
+                                                     f"domain {domain} defined and started")
+            yield Rig(name, domain, root, parts.paths.cmd_socket, channel, virsh)
     finally:
-        if server is not None:
-            await server.stop(0)
-        if commands is not None:
-            await commands.close()
-        if freeze is not None:
-            await freeze.close()
-        await conn.close()
-
-        def cleanup() -> None:
-            with contextlib.suppress(libvirt.libvirtError):
-                dom = operator.lookupByName(domain)
-                with contextlib.suppress(libvirt.libvirtError):
-                    dom.destroy()
-                dom.undefine()
-            operator.close()
-
-        await loop.run_in_executor(None, cleanup)
-        executor.shutdown(wait=False)
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -22,7 +22,6 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,17 +33,14 @@ from google.protobuf.message_factory import GetMessageClass
 from launcher import flags
 from launcher._proto.kubevirt.cmd.v1 import cmd_pb2, cmd_pb2_grpc
 from launcher.cmd.commands import UNSUPPORTED, Commands
-from launcher.cmd.server import CmdServer
 from launcher.guest import info as guest_info
 from launcher.guest.freeze import FreezeError, FreezeManager
 from launcher.guest.poller import AgentCache
 from launcher.libvirt.connection import Connection, ensure_event_loop
 from launcher.notify.domain_state import State
-from launcher.notify.notifier import Notifier
 from launcher.notify.relay import DomainRelay
-from launcher.paths import derive
-from launcher.vm.sync import Syncer
 from tests.integration.notify_support import run_uvloop
+from tests.support.rigs import operator, serving
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -164,60 +160,21 @@ async def rig(start: bool = True,
     root = tempfile.mkdtemp(dir="/tmp", prefix="pvl-k-")
     opts = flags.parse(["--name", name, "--namespace", NAMESPACE, "--uid", "uid-1",
                         "--runtime-root", root], environ={})
-    executor = ThreadPoolExecutor(4)
-    conn = Connection(URI, executor)
-    loop = asyncio.get_running_loop()
-    operator = await loop.run_in_executor(None, libvirt.open, URI)
-
-    def define() -> None:
-        dom = operator.defineXML(domain_xml(domain))
+    def define(conn: Any) -> None:
+        dom = conn.defineXML(domain_xml(domain))
         if start:
             dom.create()
 
-    await loop.run_in_executor(None, define)
-    server: CmdServer | None = None
-    commands: Commands | None = None
-    freeze: FreezeManager | None = None
+    # The launcher's own wiring (launcher.wiring), on libvirt's test driver, no daemons.
     try:
-        await conn.connect()
-        # Never run: it only queues what the relay would send; nobody listens there.
-        notifier = Notifier(os.path.join(root, "notify.sock"))
-        relay = DomainRelay(conn=conn, notifier=notifier, domain=domain, name=name,
-                            namespace=NAMESPACE, uid="uid-1")
-        agent = AgentCache()
-        # Wired as the supervisor wires it: what the manager learns reaches the cache.
-        freeze = freeze_cls(conn, relay, auto_thaw_retry_s=0.1,
-                            on_status=lambda s: agent.put(guest_info.FSFREEZE_STATUS, s))
-        # The Syncer the launcher builds (launcher.wiring), here with its default KVM probe.
-        paths = derive(opts)
-        syncer = Syncer(opts=opts, paths=paths, conn=conn, domain=domain)
-        commands = Commands(opts, conn, relay, agent, freeze, syncer=syncer, paths=paths)
-        server = CmdServer(init_socket=os.path.join(root, "init-sock"),
-                           ready_socket=os.path.join(root, "sock"), nonroot=False,
-                           handlers=commands.handlers())
-        await asyncio.wait_for(server.start(), 20)
-        async with grpc.aio.insecure_channel(f"unix:{server.ready_socket}") as channel:
-            yield Rig(name, domain, root, conn, relay, agent, freeze, commands, channel,
-                      cmd_pb2_grpc.CmdStub(channel), operator)
+        async with operator(URI, setup=define, domain=domain) as virsh, \
+                serving(opts, uri=URI, freeze_cls=freeze_cls,
+                        freeze_options={"auto_thaw_retry_s": 0.1}) as parts, \
+                grpc.aio.insecure_channel(f"unix:{parts.paths.cmd_socket}") as channel:
+            yield Rig(name, domain, root, parts.conn, parts.relay, parts.agent_cache,
+                      parts.freeze, parts.commands, channel, cmd_pb2_grpc.CmdStub(channel),
+                      virsh)
     finally:
-        if server is not None:
-            await server.stop(0)
-        if commands is not None:
-            await commands.close()
-        if freeze is not None:
-            await freeze.close()
-        await conn.close()
-
-        def cleanup() -> None:
-            with contextlib.suppress(libvirt.libvirtError):
-                dom = operator.lookupByName(domain)
-                with contextlib.suppress(libvirt.libvirtError):
-                    dom.destroy()
-                dom.undefine()
-            operator.close()
-
-        await loop.run_in_executor(None, cleanup)
-        executor.shutdown(wait=False)
         shutil.rmtree(root, ignore_errors=True)
 
 
