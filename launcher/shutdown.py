@@ -19,6 +19,8 @@ from launcher.cmd.commands import Commands
 from launcher.flags import Options
 from launcher.guest.freeze import FreezeManager
 from launcher.libvirt.connection import Connection
+from launcher.libvirt.domain import DomainAccess
+from launcher.libvirt.errors import LibvirtDisconnected
 from launcher.notify.domain_state import ALIVE_STATES, Lifecycle
 from launcher.notify.events import LIFECYCLE, DomainEvent
 from launcher.notify.relay import DomainRelay
@@ -43,7 +45,7 @@ class VmShutdown:
                  signals: list[signal.Signals], next_signal: Callable[[], asyncio.Task[Any]],
                  set_state: Callable[[State], None]) -> None:
         self.opts = opts
-        self.conn = conn
+        self.domain = DomainAccess(conn, opts.domain_name)
         self.relay = relay
         self.freeze = freeze
         self.commands = commands
@@ -111,29 +113,23 @@ class VmShutdown:
         flag = (libvirt.VIR_DOMAIN_SHUTDOWN_GUEST_AGENT if use_agent
                 else libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
 
-        def shutdown() -> None:
-            self.conn.conn.lookupByName(self.opts.domain_name).shutdownFlags(flag)
-
         try:
-            await self.conn.call(shutdown)
+            await self.domain.call(lambda dom: dom.shutdownFlags(flag))
             self._log.info("asked the guest to shut down", via="agent" if use_agent else "acpi")
             self.relay.graceful_shutdown_signalled()
-        except (libvirt.libvirtError, AttributeError) as exc:
+        except (libvirt.libvirtError, LibvirtDisconnected) as exc:
             self._log.warning("graceful shutdown request failed", error=str(exc))
 
     async def _force_stop(self, pid: int, exited: asyncio.Task[None]) -> None:
         self._set_state(State.FORCED)
         self._destroyed = True
 
-        def destroy() -> None:
-            self.conn.conn.lookupByName(self.opts.domain_name).destroyFlags(
-                libvirt.VIR_DOMAIN_DESTROY_GRACEFUL)
-
         try:
             async with asyncio.timeout(DESTROY_TIMEOUT_S):
-                await self.conn.call(destroy)
+                await self.domain.call(
+                    lambda dom: dom.destroyFlags(libvirt.VIR_DOMAIN_DESTROY_GRACEFUL))
             self._log.info("domain destroyed")
-        except (libvirt.libvirtError, AttributeError, TimeoutError) as exc:
+        except (libvirt.libvirtError, LibvirtDisconnected, TimeoutError) as exc:
             self._log.error("destroy failed; signalling QEMU directly", error=str(exc), pid=pid)
         for sig in (signal.SIGTERM, signal.SIGKILL):
             with contextlib.suppress(TimeoutError):
@@ -185,7 +181,7 @@ class VmShutdown:
             self._log.warning("libvirt did not report the domain's end in time; the "
                               "snapshots keep the end QEMU's watch saw", reason=reason,
                               waited_s=LIBVIRT_CATCH_UP_S)
-        if self.conn.conn is None:
+        if not self.domain.connected:
             # The daemon is down (or gone for good: a SIGTERM during its restart backoff);
             # nobody can undefine the domain, so nobody is waited for.
             self._log.warning("libvirt is not reachable: the domain cannot be deleted; "

@@ -29,6 +29,7 @@ import libvirt
 import structlog
 
 from launcher.libvirt.connection import Connection
+from launcher.libvirt.domain import DomainAccess
 from launcher.notify import domain_json
 from launcher.notify.domain_state import (
     ALIVE_STATES,
@@ -104,6 +105,7 @@ class DomainRelay:
     def __init__(self, *, conn: Connection, notifier: Notifier, domain: str, name: str,
                  namespace: str, uid: str, grace_period_s: int = 30) -> None:
         self.conn = conn
+        self._access = DomainAccess(conn, domain)
         self.notifier = notifier
         self.domain = domain
         self.name = name
@@ -290,7 +292,10 @@ class DomainRelay:
                 await self.conn.wait_connected()
         except TimeoutError:
             raise ConnectionError("libvirt is not connected") from None
-        read: DomainRead | None = await self.conn.call(read_domain, self.conn.conn, self.domain)
+        # Through the one accessor: a connection lost on the way is LibvirtDisconnected
+        # (a ConnectionError), never an AttributeError on a None virConnect.
+        read: DomainRead | None = await self._access.call_conn(
+            lambda virconn: read_domain(virconn, self.domain))
         return read
 
     async def refresh(self) -> DomainRead | None:
