@@ -101,7 +101,6 @@ class FreezeManager:
         self._timer: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.record: FreezeRecord | None = None
-        self.auto_thaw_deadline: float | None = None  # time.time() when the timer fires
         self._log = structlog.get_logger().bind(part="freeze", domain=self.domain)
 
     # --- public -------------------------------------------------------------------------
@@ -265,12 +264,10 @@ class FreezeManager:
     # --- auto-thaw ------------------------------------------------------------------------
     def _arm(self, timeout_s: int) -> None:
         self._disarm()
-        self.auto_thaw_deadline = time.time() + timeout_s
         self._timer = asyncio.create_task(self._auto_thaw(timeout_s), name="fsfreeze-auto-thaw")
 
     def _disarm(self) -> None:
         timer, self._timer = self._timer, None
-        self.auto_thaw_deadline = None
         # Never cancel ourselves: the timer's own thaw ends here through _forget().
         if timer is not None and timer is not asyncio.current_task():
             timer.cancel()

@@ -1,7 +1,8 @@
 """The guest agent poller and its cache.
 
-Started when the agent connects (agent-lifecycle CONNECTED, or RESUMED while connected),
-stopped on DISCONNECTED or SUSPENDED. One worker per command group, each with its own
+Started when the agent connects (agent-lifecycle CONNECTED, or RESUMED/STARTED while
+connected), stopped on DISCONNECTED, and when the domain is suspended, stopped, shut down or
+crashed (launcher.supervisor's event listener). One worker per command group, each with its own
 interval: the first poll at once, then 10 s doubling up to the group's interval (the
 --qemu-agent-*-interval flags). Every agent call runs in a dedicated executor with a
 timeout, so a hung agent never blocks the event loop, the command server or other workers.
@@ -76,10 +77,6 @@ class AgentCache:
         if changed:
             self.version += 1
         return changed
-
-    def clear(self) -> None:
-        self._entries.clear()
-        self.version += 1
 
     def __contains__(self, command: object) -> bool:
         return command in self._entries
