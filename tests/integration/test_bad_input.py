@@ -32,13 +32,9 @@ import copy
 import json
 import random
 import re
-import shutil
-import tempfile
 import threading
 import time
-import uuid
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -50,24 +46,22 @@ from google.protobuf.message_factory import GetMessageClass
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from launcher import flags
 from launcher._proto.kubevirt.cmd.info import info_pb2
 from launcher._proto.kubevirt.cmd.v1 import cmd_pb2, cmd_pb2_grpc
 from launcher.cmd.server import MAX_MESSAGE_BYTES
-from launcher.libvirt.connection import ensure_event_loop
 from tests.integration.notify_support import run_uvloop
-from tests.support.rigs import operator, serving
-from tests.unit.converter.test_properties import vmis
+from tests.support.rigs import CALL_TIMEOUT_S, CMD, SyncedRig, method_path
+from tests.support.rigs import small_vmi as vmi_doc
+from tests.support.rigs import synced_rig as rig
+from tests.unit.converter.strategies import vmis
 
 pytestmark = pytest.mark.timeout(180)
 
 URI = "test:///default"
 NAMESPACE = "pvl"
 UID = "uid-1"
-CMD = cmd_pb2.DESCRIPTOR.services_by_name["Cmd"]
 RPCS = [m.name for m in CMD.methods]
 STATUS_CODE_RPCS = frozenset({"Exec", "GuestPing", "GetVMStats"})
-CALL_TIMEOUT_S = 20.0
 # grpc.aio's answer to a request body the message's parser refuses (before any handler
 # runs; gRPC also logs it): UNKNOWN "Unexpected <class '...DecodeError'>: Error parsing...".
 UNDECODABLE_CODE = grpc.StatusCode.UNKNOWN
@@ -83,8 +77,6 @@ FD_BOUND = 8
 THREAD_BOUND = 4
 
 
-def method_path(rpc: str) -> str:
-    return f"/{CMD.full_name}/{rpc}"
 
 
 def in_cls(rpc: str) -> Any:
@@ -99,97 +91,11 @@ def inner(resp: Any) -> Any:
     return resp if resp.DESCRIPTOR.name == "Response" else resp.response
 
 
-def vmi_doc(name: str) -> dict[str, Any]:
-    """A small VMI that converts: 128Mi, a cloud-init disk, no NIC, no graphics."""
-    return {
-        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
-        "metadata": {"name": name, "namespace": NAMESPACE, "uid": UID},
-        "spec": {
-            "domain": {"resources": {"requests": {"memory": "128Mi"}},
-                       "devices": {"autoattachGraphicsDevice": False,
-                                   "disks": [{"name": "cloudinit", "disk": {"bus": "virtio"}}]}},
-            "volumes": [{"name": "cloudinit",
-                         "cloudInitNoCloud": {"userData": "#cloud-config\n"}}],
-        },
-    }
 
 
 # --- the rig: the launcher's command server, in this process --------------------------------
-@dataclass
-class Rig:
-    name: str
-    domain: str
-    root: str
-    socket: str
-    channel: Any
-    operator: Any
-
-    def vmi(self, doc: dict[str, Any] | None = None) -> Any:
-        return cmd_pb2.VMI(vmiJson=json.dumps(doc or vmi_doc(self.name)).encode())
-
-    async def raw(self, rpc: str, payload: bytes,
-                  channel: Any = None) -> bytes | grpc.aio.AioRpcError:
-        """Send `payload` as the request body of `rpc`; the answer's bytes or the error."""
-        call = (channel or self.channel).unary_unary(
-            method_path(rpc), request_serializer=None, response_deserializer=None)
-        try:
-            answer: bytes = await call(payload, timeout=CALL_TIMEOUT_S)
-        except grpc.aio.AioRpcError as exc:
-            return exc
-        return answer
-
-    async def restore(self) -> None:
-        """A running, persistent domain again: resumed when paused, otherwise synced."""
-        def look() -> tuple[int, bool] | None:
-            try:
-                dom = self.operator.lookupByName(self.domain)
-            except libvirt.libvirtError:
-                return None
-            state = dom.state()[0]
-            if state == libvirt.VIR_DOMAIN_PAUSED:
-                dom.resume()
-                state = libvirt.VIR_DOMAIN_RUNNING
-            return state, bool(dom.isPersistent())
-
-        found = await asyncio.get_running_loop().run_in_executor(None, look)
-        if found == (libvirt.VIR_DOMAIN_RUNNING, True):
-            return
-        resp = await cmd_pb2_grpc.CmdStub(self.channel).SyncVirtualMachine(
-            cmd_pb2.VMIRequest(vmi=self.vmi()), timeout=CALL_TIMEOUT_S)
-        assert resp.success is True, resp.message
-
-    async def ping(self) -> None:
-        resp = await cmd_pb2_grpc.CmdStub(self.channel).Ping(cmd_pb2.EmptyRequest(),
-                                                              timeout=5)
-        assert resp.success is True
 
 
-@contextlib.asynccontextmanager
-async def rig() -> AsyncIterator[Rig]:
-    """A launcher's command side (commands, syncer, freeze, relay) on test:///default with
-    a running domain of its own, made by a Sync of vmi_doc (test:///default is shared by
-    the whole process: each rig has its own name)."""
-    ensure_event_loop()
-    name = f"vm-{uuid.uuid4().hex[:10]}"
-    domain = f"{NAMESPACE}_{name}"
-    root = tempfile.mkdtemp(dir="/tmp", prefix="pvl-b-")  # sun_path holds 108 bytes
-    opts = flags.parse(["--name", name, "--namespace", NAMESPACE, "--uid", UID,
-                        "--runtime-root", root, "--allow-emulation"], environ={})
-    try:
-        async with operator(URI, domain=domain) as virsh, \
-                serving(opts, uri=URI, freeze_options={"auto_thaw_retry_s": 0.1},
-                        syncer_options={"kvm_probe": lambda: (False, "not on this host")}
-                        ) as parts, \
-                grpc.aio.insecure_channel(f"unix:{parts.paths.cmd_socket}") as channel:
-            # The domain comes from a real Sync (converter, disks, define, start).
-            resp = await cmd_pb2_grpc.CmdStub(channel).SyncVirtualMachine(
-                cmd_pb2.VMIRequest(vmi=cmd_pb2.VMI(
-                    vmiJson=json.dumps(vmi_doc(name)).encode())), timeout=CALL_TIMEOUT_S)
-            assert (resp.success, resp.message) == (True,
-                                                     f"domain {domain} defined and started")
-            yield Rig(name, domain, root, parts.paths.cmd_socket, channel, virsh)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 # --- what an answer must look like ----------------------------------------------------------
@@ -580,7 +486,7 @@ class Served:
 
     def __init__(self) -> None:
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.rig: Rig | None = None
+        self.rig: SyncedRig | None = None
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
         self._error: BaseException | None = None

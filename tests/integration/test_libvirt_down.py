@@ -34,7 +34,7 @@ from launcher.libvirt.errors import NOT_CONNECTED
 from launcher.paths import derive
 from launcher.wiring import Components, build
 from tests.integration.notify_support import run_uvloop
-from tests.integration.test_sync import vmi_doc
+from tests.support.rigs import small_vmi as vmi_doc
 
 pytestmark = pytest.mark.timeout(120)
 

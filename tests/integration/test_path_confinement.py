@@ -54,7 +54,9 @@ from launcher.paths import Paths, derive
 from launcher.vm.disks import DiskError, prepare
 from launcher.vm.options import disk_directories
 from tests.integration.notify_support import run_uvloop
-from tests.integration.test_bad_input import CALL_TIMEOUT_S, rig, vmi_doc
+from tests.support.rigs import CALL_TIMEOUT_S
+from tests.support.rigs import small_vmi as vmi_doc
+from tests.support.rigs import synced_rig as rig
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -36,7 +36,9 @@ from launcher.libvirt.daemons import specs
 from launcher.notify.notifier import Notifier
 from launcher.paths import derive
 from tests.integration.notify_support import ReceiverProc, run_uvloop, running, until
-from tests.integration.test_bad_input import CALL_TIMEOUT_S, rig, vmi_doc
+from tests.support.rigs import CALL_TIMEOUT_S
+from tests.support.rigs import small_vmi as vmi_doc
+from tests.support.rigs import synced_rig as rig
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -7,18 +7,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import shutil
+import tempfile
+import uuid
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import libvirt
 
+from launcher import flags
+from launcher._proto.kubevirt.cmd.v1 import cmd_pb2, cmd_pb2_grpc
 from launcher.flags import Options
 from launcher.libvirt.connection import ensure_event_loop
 from launcher.paths import derive
 from launcher.wiring import Components, build
 
 TEST_URI = "test:///default"
+NAMESPACE = "pvl"
+UID = "uid-1"
+CALL_TIMEOUT_S = 20.0
+CMD = cmd_pb2.DESCRIPTOR.services_by_name["Cmd"]
 
 
 @contextlib.asynccontextmanager
@@ -71,3 +83,99 @@ async def operator(uri: str = TEST_URI, *,
             conn.close()
 
         await loop.run_in_executor(None, cleanup)
+
+
+def method_path(rpc: str) -> str:
+    return f"/{CMD.full_name}/{rpc}"
+
+
+def small_vmi(name: str) -> dict[str, Any]:
+    """A small VMI that converts: 128Mi, a cloud-init disk, no NIC, no graphics."""
+    return {
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+        "metadata": {"name": name, "namespace": NAMESPACE, "uid": UID},
+        "spec": {
+            "domain": {"resources": {"requests": {"memory": "128Mi"}},
+                       "devices": {"autoattachGraphicsDevice": False,
+                                   "disks": [{"name": "cloudinit", "disk": {"bus": "virtio"}}]}},
+            "volumes": [{"name": "cloudinit",
+                         "cloudInitNoCloud": {"userData": "#cloud-config\n"}}],
+        },
+    }
+
+
+@dataclass
+class SyncedRig:
+    name: str
+    domain: str
+    root: str
+    socket: str
+    channel: Any
+    operator: Any
+
+    def vmi(self, doc: dict[str, Any] | None = None) -> Any:
+        return cmd_pb2.VMI(vmiJson=json.dumps(doc or small_vmi(self.name)).encode())
+
+    async def raw(self, rpc: str, payload: bytes,
+                  channel: Any = None) -> bytes | grpc.aio.AioRpcError:
+        """Send `payload` as the request body of `rpc`; the answer's bytes or the error."""
+        call = (channel or self.channel).unary_unary(
+            method_path(rpc), request_serializer=None, response_deserializer=None)
+        try:
+            answer: bytes = await call(payload, timeout=CALL_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            return exc
+        return answer
+
+    async def restore(self) -> None:
+        """A running, persistent domain again: resumed when paused, otherwise synced."""
+        def look() -> tuple[int, bool] | None:
+            try:
+                dom = self.operator.lookupByName(self.domain)
+            except libvirt.libvirtError:
+                return None
+            state = dom.state()[0]
+            if state == libvirt.VIR_DOMAIN_PAUSED:
+                dom.resume()
+                state = libvirt.VIR_DOMAIN_RUNNING
+            return state, bool(dom.isPersistent())
+
+        found = await asyncio.get_running_loop().run_in_executor(None, look)
+        if found == (libvirt.VIR_DOMAIN_RUNNING, True):
+            return
+        resp = await cmd_pb2_grpc.CmdStub(self.channel).SyncVirtualMachine(
+            cmd_pb2.VMIRequest(vmi=self.vmi()), timeout=CALL_TIMEOUT_S)
+        assert resp.success is True, resp.message
+
+    async def ping(self) -> None:
+        resp = await cmd_pb2_grpc.CmdStub(self.channel).Ping(cmd_pb2.EmptyRequest(),
+                                                              timeout=5)
+        assert resp.success is True
+
+
+@contextlib.asynccontextmanager
+async def synced_rig() -> AsyncIterator[SyncedRig]:
+    """A launcher's command side (commands, syncer, freeze, relay) on test:///default with
+    a running domain of its own, made by a Sync of vmi_doc (test:///default is shared by
+    the whole process: each rig has its own name)."""
+    ensure_event_loop()
+    name = f"vm-{uuid.uuid4().hex[:10]}"
+    domain = f"{NAMESPACE}_{name}"
+    root = tempfile.mkdtemp(dir="/tmp", prefix="pvl-b-")  # sun_path holds 108 bytes
+    opts = flags.parse(["--name", name, "--namespace", NAMESPACE, "--uid", UID,
+                        "--runtime-root", root, "--allow-emulation"], environ={})
+    try:
+        async with operator(TEST_URI, domain=domain) as virsh, \
+                serving(opts, uri=TEST_URI, freeze_options={"auto_thaw_retry_s": 0.1},
+                        syncer_options={"kvm_probe": lambda: (False, "not on this host")}
+                        ) as parts, \
+                grpc.aio.insecure_channel(f"unix:{parts.paths.cmd_socket}") as channel:
+            # The domain comes from a real Sync (converter, disks, define, start).
+            resp = await cmd_pb2_grpc.CmdStub(channel).SyncVirtualMachine(
+                cmd_pb2.VMIRequest(vmi=cmd_pb2.VMI(
+                    vmiJson=json.dumps(small_vmi(name)).encode())), timeout=CALL_TIMEOUT_S)
+            assert (resp.success, resp.message) == (True,
+                                                     f"domain {domain} defined and started")
+            yield SyncedRig(name, domain, root, parts.paths.cmd_socket, channel, virsh)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
