@@ -32,8 +32,9 @@ from launcher._proto.kubevirt.cmd.v1 import cmd_pb2
 from launcher.libvirt.connection import Connection, ensure_event_loop
 from launcher.libvirt.errors import NOT_CONNECTED
 from launcher.paths import derive
-from launcher.wiring import Components, build
+from launcher.wiring import Components
 from tests.integration.notify_support import run_uvloop
+from tests.support.rigs import operator, serving
 from tests.support.rigs import small_vmi as vmi_doc
 
 pytestmark = pytest.mark.timeout(120)
@@ -108,43 +109,19 @@ async def launcher() -> AsyncIterator[Launcher]:
     root = tempfile.mkdtemp(dir="/tmp", prefix="pvl-d-")  # sun_path holds 108 bytes
     opts = flags.parse(["--name", name, "--namespace", NAMESPACE, "--uid", UID,
                         "--runtime-root", root, "--allow-emulation"], environ={})
-    paths = derive(opts)
-    for d in paths.dirs_to_create():
-        os.makedirs(d, exist_ok=True)
-    os.makedirs(os.path.join(paths.hotplug_disk_dir, "memvol"))  # the memory-dump volume
-    parts = build(opts, paths, uri=URI, with_daemons=False,
-                  syncer_options={"kvm_probe": lambda: (False, "not on this test host")})
-    loop = asyncio.get_running_loop()
-    operator = await loop.run_in_executor(None, libvirt.open, URI)
     domain = f"{NAMESPACE}_{name}"
+    os.makedirs(os.path.join(derive(opts).hotplug_disk_dir, "memvol"))  # the dump volume
 
-    def define() -> None:
-        operator.defineXML(DOMAIN_XML.format(name=domain, uuid=uuid.uuid4())).create()
+    def define(conn: Any) -> None:
+        conn.defineXML(DOMAIN_XML.format(name=domain, uuid=uuid.uuid4())).create()
 
-    await loop.run_in_executor(None, define)
     try:
-        await parts.conn.connect()
-        await parts.agent_conn.connect()
-        await asyncio.wait_for(parts.cmd_server.start(), 20)
-        async with grpc.aio.insecure_channel(f"unix:{paths.cmd_socket}") as channel:
+        async with operator(URI, setup=define, domain=domain), \
+                serving(opts, uri=URI, syncer_options={
+                    "kvm_probe": lambda: (False, "not on this test host")}) as parts, \
+                grpc.aio.insecure_channel(f"unix:{parts.paths.cmd_socket}") as channel:
             yield Launcher(parts, channel, name)
     finally:
-        await parts.cmd_server.stop(0)
-        await parts.commands.close()
-        await parts.freeze.close()
-        await parts.conn.close()
-        await parts.agent_conn.close()
-
-        def cleanup() -> None:
-            with contextlib.suppress(libvirt.libvirtError):
-                dom = operator.lookupByName(domain)
-                with contextlib.suppress(libvirt.libvirtError):
-                    dom.destroy()
-                dom.undefine()
-            operator.close()
-
-        await loop.run_in_executor(None, cleanup)
-        parts.shutdown_executors()
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -21,7 +21,6 @@ import time
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,20 +32,14 @@ from structlog.testing import capture_logs
 from launcher import flags
 from launcher._proto.kubevirt.cmd.v1 import cmd_pb2, cmd_pb2_grpc
 from launcher.cmd.commands import Commands
-from launcher.cmd.server import CmdServer
 from launcher.converter import defaults
 from launcher.exitcodes import ExitCode
-from launcher.guest import info as guest_info
-from launcher.guest.freeze import FreezeManager
-from launcher.guest.poller import AgentCache
-from launcher.libvirt.connection import Connection, ensure_event_loop
+from launcher.libvirt.connection import ensure_event_loop
 from launcher.notify.domain_state import State
-from launcher.notify.notifier import Notifier
-from launcher.notify.relay import DomainRelay
 from launcher.paths import derive
 from launcher.supervisor import Launcher
-from launcher.vm.sync import Syncer
 from tests.integration.notify_support import run_uvloop
+from tests.support.rigs import operator, serving
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -136,52 +129,14 @@ async def rig(*, allow_emulation: bool = True,
     if allow_emulation:
         args.append("--allow-emulation")
     opts = flags.parse(args, environ={})
-    paths = derive(opts)
-    for d in paths.dirs_to_create():
-        os.makedirs(d, exist_ok=True)
-    executor = ThreadPoolExecutor(4)
-    conn = Connection(URI, executor)
-    loop = asyncio.get_running_loop()
-    operator = await loop.run_in_executor(None, libvirt.open, URI)
-    server: CmdServer | None = None
-    commands: Commands | None = None
-    freeze: FreezeManager | None = None
+    # The launcher's own wiring on libvirt's test driver (tests/support/rigs.py).
     try:
-        await conn.connect()
-        notifier = Notifier(os.path.join(root, "notify.sock"))  # never run: nobody listens
-        relay = DomainRelay(conn=conn, notifier=notifier, domain=domain, name=name,
-                            namespace=NAMESPACE, uid=UID)
-        agent = AgentCache()
-        freeze = FreezeManager(conn, relay,
-                               on_status=lambda s: agent.put(guest_info.FSFREEZE_STATUS, s))
-        syncer = Syncer(opts=opts, paths=paths, conn=conn, domain=domain,
-                        kvm_probe=lambda: kvm)
-        commands = Commands(opts, conn, relay, agent, freeze, syncer=syncer, paths=paths)
-        server = CmdServer(init_socket=os.path.join(root, "init-sock"),
-                           ready_socket=os.path.join(root, "sock"), nonroot=False,
-                           handlers=commands.handlers())
-        await asyncio.wait_for(server.start(), 20)
-        async with grpc.aio.insecure_channel(f"unix:{server.ready_socket}") as channel:
-            yield Rig(name, domain, root, commands, cmd_pb2_grpc.CmdStub(channel), operator)
+        async with operator(URI, domain=domain) as virsh, \
+                serving(opts, uri=URI, syncer_options={"kvm_probe": lambda: kvm}) as parts, \
+                grpc.aio.insecure_channel(f"unix:{parts.paths.cmd_socket}") as channel:
+            yield Rig(name, domain, root, parts.commands, cmd_pb2_grpc.CmdStub(channel),
+                      virsh)
     finally:
-        if server is not None:
-            await server.stop(0)
-        if commands is not None:
-            await commands.close()
-        if freeze is not None:
-            await freeze.close()
-        await conn.close()
-
-        def cleanup() -> None:
-            with contextlib.suppress(libvirt.libvirtError):
-                dom = operator.lookupByName(domain)
-                with contextlib.suppress(libvirt.libvirtError):
-                    dom.destroy()
-                dom.undefine()
-            operator.close()
-
-        await loop.run_in_executor(None, cleanup)
-        executor.shutdown(wait=False)
         shutil.rmtree(root, ignore_errors=True)
 
 
