@@ -65,9 +65,11 @@ def build(opts: Options, paths: Paths, *, uri: str | None = None, with_daemons: 
           accepting_syncs: Callable[[], bool] = lambda: True,
           syncer_options: dict[str, Any] | None = None,
           freeze_options: dict[str, Any] | None = None,
-          freeze_cls: type[FreezeManager] = FreezeManager) -> Components:
+          freeze_cls: type[FreezeManager] = FreezeManager,
+          notify_socket: str | None = None) -> Components:
     """Everything a launcher is made of, wired; nothing started (no thread, no socket).
-    `uri` replaces the daemons' libvirt (then `with_daemons` is usually False);
+    `uri` replaces the daemons' libvirt (then `with_daemons` is usually False),
+    `notify_socket` virt-handler's socket under the share dir;
     `syncer_options` / `freeze_options` go to those constructors (fakes, short retries)."""
     executor = ThreadPoolExecutor(max_workers=LIBVIRT_THREADS, thread_name_prefix="libvirt-call")
     agent_executor = ThreadPoolExecutor(max_workers=AGENT_THREADS,
@@ -77,7 +79,7 @@ def build(opts: Options, paths: Paths, *, uri: str | None = None, with_daemons: 
     libvirt_uri = uri or paths.uri
     conn = Connection(libvirt_uri, executor, daemon_ready=ready)
     agent_conn = Connection(libvirt_uri, agent_executor, daemon_ready=ready, label="agent")
-    notifier = Notifier(paths.notify_socket)
+    notifier = Notifier(notify_socket or paths.notify_socket)
     relay = DomainRelay(conn=conn, notifier=notifier, domain=opts.domain_name, name=opts.name,
                         namespace=opts.namespace, uid=opts.uid,
                         grace_period_s=opts.grace_period_seconds)

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,9 +21,12 @@ from typing import Any
 import libvirt
 import psutil
 
+from launcher import flags
 from launcher.libvirt.connection import Connection, ensure_event_loop
 from launcher.notify.notifier import Notifier
 from launcher.notify.relay import DomainRelay
+from launcher.paths import derive
+from launcher.wiring import build
 from tests.integration.notify_support import ReceiverProc, run_uvloop, until
 
 URI = "test:///default"
@@ -63,14 +66,14 @@ class Rig:
 @contextlib.asynccontextmanager
 async def rig(socket_path: str) -> AsyncIterator[Rig]:
     ensure_event_loop()
-    domain = f"pvl-{uuid.uuid4().hex[:10]}"
-    executor = ThreadPoolExecutor(4)
-    conn = Connection(URI, executor)
+    name = f"pvl-{uuid.uuid4().hex[:10]}"
+    root = os.path.dirname(socket_path)
+    opts = flags.parse(["--name", name, "--namespace", "default", "--uid", "uid-1",
+                        "--runtime-root", root], environ={})
+    # The launcher's own wiring (launcher.wiring); only the relay's part is run here.
+    parts = build(opts, derive(opts), uri=URI, with_daemons=False, notify_socket=socket_path)
+    domain, conn, notifier, relay = opts.domain_name, parts.conn, parts.notifier, parts.relay
     await conn.connect()
-    notifier = Notifier(socket_path)
-    relay = DomainRelay(conn=conn, notifier=notifier, domain=domain, name=domain,
-                        namespace="default", uid="uid-1")
-    conn.on_reconnect(relay.attach)
     await relay.attach(conn.conn)
     operator = libvirt.open(URI)
     tasks = [asyncio.create_task(notifier.run()), asyncio.create_task(conn.run())]
@@ -91,7 +94,7 @@ async def rig(socket_path: str) -> AsyncIterator[Rig]:
                 dom.destroy()
             dom.undefine()
         operator.close()
-        executor.shutdown(wait=False)
+        parts.shutdown_executors()
 
 
 def domain_events(rec: ReceiverProc) -> list[dict[str, Any]]:
@@ -137,7 +140,8 @@ def test_event_mapping_table(workdir: Path, receivers: Callable[..., ReceiverPro
                 assert last["eventType"] == event_type, (action, last)
                 meta = last["domain"]["ObjectMeta"]
                 assert ("deletionTimestamp" in meta) == deleted, (action, meta)
-                assert meta["name"] == r.domain and meta["namespace"] == "default"
+                assert f"{meta['namespace']}_{meta['name']}" == r.domain  # <namespace>_<name>
+                assert meta["namespace"] == "default"
                 if not deleted:
                     assert last["domain"]["Spec"]["Name"] == r.domain
                     disks = last["domain"]["Spec"]["Devices"]["Disks"]
