@@ -19,7 +19,7 @@ from launcher.cmd.commands import Commands
 from launcher.flags import Options
 from launcher.guest.freeze import FreezeManager
 from launcher.libvirt.connection import Connection
-from launcher.libvirt.domain import DomainAccess
+from launcher.libvirt.domain import DomainAccess, shutdown_method
 from launcher.libvirt.errors import LibvirtDisconnected
 from launcher.notify.domain_state import ALIVE_STATES, Lifecycle
 from launcher.notify.events import LIFECYCLE, DomainEvent
@@ -109,13 +109,10 @@ class VmShutdown:
             return
         if read is None or read.state not in ALIVE_STATES:
             return
-        use_agent = self.relay.agent_connected and "<acpi/>" not in read.xml
-        flag = (libvirt.VIR_DOMAIN_SHUTDOWN_GUEST_AGENT if use_agent
-                else libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
-
+        flag, via = shutdown_method(self.relay.agent_connected, read.xml)
         try:
             await self.domain.call(lambda dom: dom.shutdownFlags(flag))
-            self._log.info("asked the guest to shut down", via="agent" if use_agent else "acpi")
+            self._log.info("asked the guest to shut down", via=via)
             self.relay.graceful_shutdown_signalled()
         except (libvirt.libvirtError, LibvirtDisconnected) as exc:
             self._log.warning("graceful shutdown request failed", error=str(exc))

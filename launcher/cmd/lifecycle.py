@@ -25,6 +25,7 @@ import libvirt
 from launcher.cmd.base import RUNNING, CmdContext, RpcFailure, status_name, vmi_rpc, with_flags
 from launcher.cmd.server import Handler
 from launcher.cmd.vmi import VMI
+from launcher.libvirt.domain import shutdown_method
 from launcher.notify.domain_state import ALIVE_STATES, State
 
 SHUTDOWN_THAW_TIMEOUT_S = 12.0  # a Shutdown rpc thaws a frozen guest first; bounded
@@ -113,12 +114,10 @@ class Lifecycle:
             # ACPI power button; the agent instead when the domain has no ACPI (as the
             # launcher's own graceful shutdown). KubeVirt passes libvirt's default, which
             # prefers the agent whenever it is connected.
-            use_agent = relay.agent_connected and "<acpi/>" not in read.xml
-            flag = (libvirt.VIR_DOMAIN_SHUTDOWN_GUEST_AGENT if use_agent
-                    else libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
-            await self.ctx.on(agent=use_agent).call(
+            flag, via = shutdown_method(relay.agent_connected, read.xml)
+            await self.ctx.on(agent=via == "agent").call(
                 lambda dom: with_flags(dom.shutdownFlags, flag, 0))
-            self._log.info("asked the guest to shut down", via="agent" if use_agent else "acpi")
+            self._log.info("asked the guest to shut down", via=via)
             # virt-handler counts its grace period from this (KubeVirt's SignalShutdownVMI).
             relay.graceful_shutdown_signalled()
 

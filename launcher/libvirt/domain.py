@@ -101,3 +101,13 @@ class DomainAccess:
             return text
 
         return await self.call(read)
+
+
+def shutdown_method(agent_connected: bool, domain_xml: str) -> tuple[int, str]:
+    """How to ask the guest to power off: (virDomainShutdownFlags, "acpi" | "agent"). The
+    ACPI power button; the guest agent instead when it is connected and the domain has no
+    ACPI (a button nobody listens to). One choice for the launcher's own graceful shutdown
+    and the Shutdown rpc."""
+    if agent_connected and "<acpi/>" not in domain_xml:
+        return libvirt.VIR_DOMAIN_SHUTDOWN_GUEST_AGENT, "agent"
+    return libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN, "acpi"

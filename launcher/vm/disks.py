@@ -71,16 +71,18 @@ UNATTEND_FILES = ("autounattend.xml", "unattend.xml")  # KubeVirt's sysprep chec
 Owner = tuple[int, int]
 
 
-def prepare(preps: Sequence[Prep], *, owner: Owner | None = None,
-            confine: Sequence[str] = ()) -> None:
-    """Make every file in `preps` exist as the domain expects it. `owner` (uid, gid): who
-    gets the files and directories created here (QEMU's user, e.g. 107:107). `confine`:
-    the directories the files must stay in (see the module doc); empty: not checked."""
-    if confine:  # all of them first: nothing is written when one path escapes
-        for prep in preps:
-            _confined(prep.volume, prep.path, confine)
-            for read in _reads(prep):
-                _confined(prep.volume, read, confine)
+def prepare(preps: Sequence[Prep], *, confine: Sequence[str],
+            owner: Owner | None = None) -> None:
+    """Make every file in `preps` exist as the domain expects it. `confine`: the
+    directories the files must stay in (see the module doc): required, so no caller can
+    forget it. `owner` (uid, gid): who gets the files and directories created here (QEMU's
+    user, e.g. 107:107)."""
+    if not confine:
+        raise ValueError("disk preparation needs the directories its files must stay in")
+    for prep in preps:  # all of them first: nothing is written when one path escapes
+        _confined(prep.volume, prep.path, confine)
+        for read in _reads(prep):
+            _confined(prep.volume, read, confine)
     for prep in preps:
         match prep:
             case ContainerDiskOverlay():
@@ -372,8 +374,8 @@ def _decode(raw: dict[str, Any]) -> Prep:
     return _KINDS[raw["__type__"]](**fields)
 
 
-def prepare_isolated(preps: Sequence[Prep], *, owner: Owner | None = None,
-                     confine: Sequence[str] = ()) -> None:
+def prepare_isolated(preps: Sequence[Prep], *, confine: Sequence[str],
+                     owner: Owner | None = None) -> None:
     """prepare() in a child interpreter (`python -m launcher.vm.disks`); same errors."""
     payload = json.dumps({"owner": owner, "preps": [_encode(p) for p in preps],
                           "confine": list(confine)})

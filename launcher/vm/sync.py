@@ -22,7 +22,6 @@ Emulation: launcher.vm.kvm. STANDALONE_VMI: launcher.vm.standalone.
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 import time
 import xml.etree.ElementTree as ET
@@ -78,7 +77,8 @@ class _Current:
 
 
 ConvertFn = Callable[[Mapping[str, Any], ConvertOptions], Conversion]
-PrepareFn = Callable[[Sequence[Prep]], None]
+# (preparations, confine=the directories their files must stay in)
+PrepareFn = Callable[..., None]
 ProbeFn = Callable[[], tuple[bool, str]]
 
 
@@ -94,11 +94,11 @@ class Syncer:
         self.conn = conn
         self.domain = domain
         self._convert = convert_fn
-        if prepare_fn in (disks.prepare_isolated, disks.prepare):
-            # Every file a VMI makes us touch stays in the launcher's disk directories
-            # (launcher.vm.disks: a symlink out of a mounted volume is refused).
-            prepare_fn = functools.partial(prepare_fn, confine=disk_directories(paths))
         self._prepare = prepare_fn
+        # Every file a VMI makes us touch stays in the launcher's disk directories
+        # (launcher.vm.disks: a symlink out of a mounted volume is refused), whatever
+        # preparation is given: it gets them on every call.
+        self._confine = disk_directories(paths)
         self._probe_fn = kvm_probe
         self._probe: tuple[bool, str] | None = None  # KVM does not come and go in a pod
         self._tcg_modes: frozenset[str] | None = None
@@ -209,7 +209,7 @@ class Syncer:
             # QEMU does not create it. Private, as KubeVirt's.
             os.makedirs(os.path.join(self.paths.private_dir, uid or "unknown-uid"),
                         mode=0o700, exist_ok=True)
-            self._prepare(preps)
+            self._prepare(preps, confine=self._confine)
 
         t0 = time.monotonic()
         try:

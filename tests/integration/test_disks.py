@@ -10,7 +10,9 @@ import os
 import shutil
 import stat
 import subprocess
+import tempfile
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +26,28 @@ from launcher.converter.plan import (
     EmptyDisk,
     ExistingFile,
     FileDisk,
+    Prep,
 )
-from launcher.vm.disks import DiskError, prepare, prepare_isolated
+from launcher.vm import disks
+from launcher.vm.disks import DiskError
 
 pytestmark = pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-img")
 
 MiB = 2**20
+
+
+# Every file these tests make lives under the temporary directory: the confinement the
+# launcher applies with its own disk directories (tests/integration/test_path_confinement.py).
+CONFINE = (tempfile.gettempdir(),)
+
+
+def prepare(preps: Sequence[Prep], **kwargs: Any) -> None:
+    disks.prepare(preps, confine=CONFINE, **kwargs)
+
+
+def prepare_isolated(preps: Sequence[Prep], **kwargs: Any) -> None:
+    disks.prepare_isolated(preps, confine=CONFINE, **kwargs)
+
 
 
 def qemu_img(*args: str) -> str:
@@ -319,3 +337,11 @@ def test_isolated_worker_reports_the_volume(tmp_path: Path) -> None:
         prepare_isolated([FileDisk("rootdisk", str(path))])
     assert err.value.volume == "rootdisk"
     assert str(err.value) == f'volume "rootdisk": disk image {path} does not exist'
+
+
+def test_a_preparation_without_its_directories_is_refused(tmp_path: Path) -> None:
+    # The confinement belongs to the preparation itself, not to the caller's goodwill.
+    with pytest.raises(ValueError, match="directories its files must stay in"):
+        disks.prepare([FileDisk("rootdisk", str(tmp_path / "x.img"), create_size=MiB)],
+                      confine=())
+    assert not (tmp_path / "x.img").exists()

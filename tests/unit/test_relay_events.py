@@ -316,3 +316,32 @@ def test_the_final_snapshot_survives_a_libvirt_daemon_that_is_gone(
         assert dom["Spec"]["Name"] == DOM and "deletionTimestamp" not in dom["ObjectMeta"]
 
     asyncio.run(scenario())
+
+
+def test_an_added_snapshot_stays_added_when_events_arrive_while_it_is_built() -> None:
+    """The interleaving that used to turn an ADDED into a MODIFIED: the snapshot for a new
+    definition is being built (awaiting libvirt) when another event of the domain comes.
+    A milestone is its own queue entry, so the definition still goes out as ADDED, and
+    the newer event after it."""
+    async def scenario() -> None:
+        r, rec, conn = make_relay(read(State.SHUTOFF))
+        gate = asyncio.Event()
+        real_call = conn.call
+
+        async def slow_call(fn: Any, *args: Any) -> Any:
+            await gate.wait()  # libvirt is slow to answer this read
+            return await real_call(fn, *args)
+
+        conn.call = slow_call  # type: ignore[method-assign]
+        r.on_event(ev(LIFECYCLE, 0, 0))  # DEFINED/ADDED
+        key = next(iter(rec.pending))
+        building = asyncio.create_task(rec.pending.pop(key)())
+        await asyncio.sleep(0)  # the build is now waiting on libvirt
+        r.on_event(ev(AGENT_LIFECYCLE, state="connected", reason="channel"))
+        gate.set()
+        etype, data = await building
+        assert (etype, status(json.loads(data))) == ("ADDED", ("Shutoff", "Unknown"))
+        later = await rec.send_all()
+        assert [t for t, _ in later] == ["MODIFIED"]
+
+    asyncio.run(scenario())

@@ -32,7 +32,7 @@ from launcher.paths import derive
 from launcher.vm.errors import StandaloneError, SyncAborted, SyncError
 from launcher.vm.identity import uid_mismatch
 from launcher.vm.kvm import cpu_virt_missing, kvm_device_problem, kvm_usable, use_emulation
-from launcher.vm.options import options_from_request, pod_cpus
+from launcher.vm.options import disk_directories, options_from_request, pod_cpus
 from launcher.vm.standalone import adopt_identity, parse_standalone
 from launcher.vm.sync import Syncer
 from launcher.vm.xmldiff import restart_needed
@@ -418,7 +418,9 @@ def syncer(conn: FakeConn, *, xml: str = BASE, prepared: list[Sequence[Prep]] | 
         return Conversion(name="ns1_vm1", uuid="u", xml=xml,
                           preps=(ExistingFile("kernel", "/k"),))
 
-    def prepare(preps: Sequence[Prep]) -> None:
+    def prepare(preps: Sequence[Prep], *, confine: Sequence[str]) -> None:
+        # Whatever preparation the Syncer is given gets the launcher's disk directories.
+        assert confine == disk_directories(derive(opts)), confine
         if prepared is not None:
             prepared.append(preps)
 
@@ -527,7 +529,7 @@ def test_a_stop_during_the_disk_preparation_starts_nothing(tmp_path: Path) -> No
     stopping = [False]
     s = syncer(conn, tmp=tmp_path)
 
-    def prepare(preps: Sequence[Prep]) -> None:
+    def prepare(preps: Sequence[Prep], *, confine: Sequence[str]) -> None:
         stopping[0] = True  # the signal comes while the disks are being prepared
 
     s._prepare = prepare
