@@ -6,16 +6,9 @@ Exec/GuestPing, freeze), .stats (stats and dirty rate), .dumps (memory dump, scr
 (migration, hotplug, backup) each get a module of their own, added to Commands.families
 and taken off UNSUPPORTED.
 
-Semantics follow KubeVirt's cmd-server and LibvirtDomainManager (pkg/virt-launcher/virtwrap):
-- Pause / Unpause check the state first: pausing a domain that is not running, or
-  unpausing one that is not paused, is a successful no-op.
-- Shutdown asks a running or paused guest to power off (ACPI power button; the agent when
-  the domain has no ACPI), thawing a frozen guest first; Kill destroys (graceful flag) a
-  running, paused or shutting-down domain; Delete undefines keeping NVRAM. A domain that
-  is gone, already off or (Delete) no longer defined makes each of them a success.
-- SoftReboot reboots through the guest agent when it is connected, else ACPI (refused when
-  the VMI disabled ACPI); an unresponsive agent is not an error (KubeVirt's choice).
-- Reset is a hard reset; Freeze/Unfreeze go through launcher.guest.freeze.FreezeManager.
+Semantics follow KubeVirt's cmd-server and LibvirtDomainManager (pkg/virt-launcher/virtwrap);
+each family's module says what its rpcs do (launcher.cmd.lifecycle: Pause, Unpause,
+Shutdown, Kill, Delete, SoftReboot, Reset). Across them:
 - GetGuestInfo / GetUsers / GetFilesystems come from the agent cache, never the agent.
 - GetDomainStats is cached 3.25 s, GetDomainDirtyRateStats 3 s (KubeVirt's caches).
 - Errors: Response{success: false, message} for every rpc, except Exec and GuestPing which
