@@ -1,11 +1,21 @@
 """virt-launcher: thin entry point."""
 
+# ruff: noqa: E402 - the signal mask below comes before the other imports, on purpose
 from __future__ import annotations
+
+import signal
+
+# Before anything else is imported (grpc, libvirt, uvloop take a while): until the
+# supervisor has its handlers (and unblocks these), a termination signal waits instead of
+# killing us, so whenever it comes it takes the graceful path. The monitor starts us with
+# them blocked already; this covers a launcher run directly (its window is only the
+# interpreter's own start-up). This module is the executable's, imported by nothing else.
+signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT,
+                                          signal.SIGHUP))
 
 import asyncio
 import ctypes
 import os
-import signal
 import sys
 
 # gRPC core prints its own unstructured lines ("Got goaway", ...) to stderr unless told
@@ -54,15 +64,7 @@ def socket_path_too_long(paths: Paths) -> str | None:
     return None
 
 
-# launcher.supervisor.SHUTDOWN_SIGNALS, without importing it this early.
-SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP)
-
-
 def main() -> None:
-    # Until the supervisor has its handlers (and unblocks these), a termination signal
-    # waits instead of killing us: whenever it comes, it takes the graceful path. The
-    # monitor starts us with them blocked already; this covers a launcher run directly.
-    signal.pthread_sigmask(signal.SIG_BLOCK, SHUTDOWN_SIGNALS)
     limit_malloc_arenas()
     sys.exit(run(sys.argv[1:]))
 

@@ -16,7 +16,7 @@ from xml.sax.saxutils import escape
 
 from launcher.converter.machine import KERNEL_BOOT_DIR
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 GUEST_DIR = REPO / ".cache" / "guest"
 AGENT_CHANNEL = "org.qemu.guest_agent.0"
 GUEST_MAC = "52:54:00:fe:a5:01"
