@@ -55,7 +55,6 @@ class VmShutdown:
         self._set_state = set_state
         self._graceful = False
         self._guest_shutting_down = False  # libvirt reported SHUTDOWN (guest or host)
-        self._destroyed = False
         self._log = structlog.get_logger().bind(domain=opts.domain_name)
 
     def observe(self, ev: DomainEvent) -> None:
@@ -119,7 +118,7 @@ class VmShutdown:
 
     async def _force_stop(self, pid: int, exited: asyncio.Task[None]) -> None:
         self._set_state(State.FORCED)
-        self._destroyed = True
+        self.relay.note_destroy()
 
         try:
             async with asyncio.timeout(DESTROY_TIMEOUT_S):
@@ -144,7 +143,7 @@ class VmShutdown:
     async def after_qemu_exit(self, pid: int | None) -> None:
         """Report QEMU's end at once, let libvirt catch up, then stay until the domain is
         deleted."""
-        if self._destroyed:
+        if self.relay.destroy_noted:  # ours, or virt-handler's Kill at the deadline
             reason = "Destroyed"
         elif self._guest_shutting_down or self._graceful:
             reason = "Shutdown"

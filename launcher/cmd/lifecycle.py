@@ -133,6 +133,8 @@ class Lifecycle:
                                                   State.SHUTDOWN):
                 self._log.info("domain not running, paused or shutting down; nothing to kill")
                 return
+            # Before the call: QEMU's end may be seen (pidfd) before destroyFlags returns.
+            self.ctx.relay.note_destroy()
             try:
                 await self.ctx.libvirt.call(
                     lambda dom: dom.destroyFlags(libvirt.VIR_DOMAIN_DESTROY_GRACEFUL))

@@ -190,6 +190,10 @@ class SupervisedDaemon:
         self._proc = proc
         log = self._log.bind(pid=proc.pid)
         log.info("daemon started", argv=self.spec.argv, start=self.starts)
+        if self._stopping.is_set():
+            # stop() came while the process was being spawned: it found no process to
+            # stop, and nobody else will (waiting for it to exit would wait forever).
+            await ladder.terminate(proc, log)
         assert proc.stdout is not None
         loop = asyncio.get_running_loop()
         started = loop.time()

@@ -129,6 +129,7 @@ class DomainRelay:
         # When the domain was first found gone (deletionTimestamp); None while it exists.
         self._gone_at: str | None = None
         self._marked_for_shutdown = False
+        self._destroy_noted = False
         self._shutdown_signalled_at: str | None = None  # GracePeriod.DeletionTimestamp
         self._active = False  # the domain is running (or paused...), as last seen
         self._last_read: DomainRead | None = None
@@ -156,6 +157,16 @@ class DomainRelay:
     @property
     def marked_for_shutdown(self) -> bool:
         return self._marked_for_shutdown
+
+    def note_destroy(self) -> None:
+        """A destroy was asked for (the Kill rpc, or our own forced stop): when QEMU's end
+        is seen before libvirt reports it, it is reported as Destroyed, not as the end of
+        a graceful shutdown (virt-handler's phase rule tells them apart)."""
+        self._destroy_noted = True
+
+    @property
+    def destroy_noted(self) -> bool:
+        return self._destroy_noted
 
     def qemu_exited(self, reason: str) -> None:
         """Our QEMU watch saw QEMU end (typically before libvirt): report it now."""

@@ -315,6 +315,7 @@ def test_qemu_timeout_tears_down_in_order(
     msgs = [r.get("msg") for r in inst.log_records()]
     assert msgs.index("stopping") < msgs.index("command server stopped") \
         < msgs.index("stopping daemon"), [m for m in msgs if "stop" in str(m)]
+    receiver.stop()  # ours; it references the runtime root too
     wait_for(lambda: not inst.leftovers(), 10, what="no processes left")
 
 
