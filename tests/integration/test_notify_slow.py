@@ -249,8 +249,10 @@ def test_slow_flapping_receiver_gets_the_true_final_state_with_bounded_memory(
     # a new handshake with every receiver that got something
     assert stats["handshakes"] >= sum(1 for n in stats["received"] if n), stats
     assert stats["rejected"] == 0
-    # one pending snapshot at most, however long the burst and however slow the receiver
-    assert stats["max_pending"] <= 1
+    # one pending "latest state" snapshot at most, however long the burst and however slow
+    # the receiver; beside it at most the definition's ADDED milestone (never coalesced
+    # away), which a 1 s receiver may still be taking when the burst starts
+    assert stats["max_pending"] <= 2
     assert stats["max_k8s_pending"] == 0
     # every event either sent or superseded by a newer one: none lost, none queued up
     assert stats["sent"] + stats["coalesced"] >= stats["events"]
