@@ -118,15 +118,29 @@ fi
 
 # --- 3. the launcher image ----------------------------------------------------------------
 t0=$(now)
+# buildah 1.28 reuses a cached RUN layer whatever its bind mounts hold (hack/ from the
+# context): a digest of the sources, as a build argument of that step, makes a change rerun
+# it. (COPY steps are cached by content already.)
+digest=$(cd "$REPO" && find pyproject.toml README.md hack launcher monitor -type f \
+           ! -name '*.pyc' ! -path '*/__pycache__/*' -print0 | LC_ALL=C sort -z |
+           xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
 args=(--isolation chroot --network host --layers --pull=false
       --build-arg "DEBIAN_IMAGE=$base" --build-arg "KUBEVIRT_HELPERS=$helpers"
-      --build-arg "VERSION=$version")
+      --build-arg "VERSION=$version" --build-arg "SOURCES_DIGEST=$digest")
 [[ -z ${KUBEVIRT_VERSION:-} ]] || args+=(--build-arg "KUBEVIRT_VERSION=$KUBEVIRT_VERSION")
 # The CA bundle this machine trusts, for pip in the build stage (a build secret: it is in
 # no layer). Behind a TLS-inspecting proxy, Debian's stock bundle would not do.
 [[ ! -s /etc/ssl/certs/ca-certificates.crt ]] ||
   args+=(--secret id=ca-bundle,src=/etc/ssl/certs/ca-certificates.crt)
 log "building $image (Debian $release, KubeVirt's helpers: $helpers)"
-buildah bud "${args[@]}" -f "$REPO/Containerfile" -t "$image" "$REPO" >&2
+containers() { buildah containers --quiet --notruncate | sort; }
+before=$(containers)
+status=0
+buildah bud "${args[@]}" -f "$REPO/Containerfile" -t "$image" "$REPO" >&2 || status=$?
+# buildah 1.28 leaves behind (mounted) the working container of a stage that a
+# `RUN --mount=...,from=<stage>` used; remove what this build created, nothing else.
+leaked=$(comm -13 <(echo "$before") <(containers))
+[[ -z $leaked ]] || buildah rm $leaked >/dev/null
+((status == 0)) || die "buildah bud failed ($status)"
 log "built $image in $(since "$t0") s"
 buildah images --format '{{.Name}}:{{.Tag}} {{.ID}} {{.Size}}' "$image"
