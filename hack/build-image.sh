@@ -12,10 +12,15 @@
 #   3. The image: `buildah bud --isolation chroot --network host`, tagged
 #      localhost/py-virt-launcher:<version from pyproject.toml>; its size is printed.
 #
+#   hack/build-image.sh           build (make image)
+#   hack/build-image.sh --clean   remove the image, the base, buildah's dangling layers (the
+#                                 build cache) and .cache/image (make image-clean)
+#
 # Environment:
 #   KUBEVIRT_HELPERS   absent (default) | kubevirt: copy container-disk, virt-tail and
 #                      virt-probe from KubeVirt's launcher image (needs its registry)
 #   KUBEVIRT_VERSION   KubeVirt's image tag for the helpers (Containerfile default)
+#   KUBEVIRT_LAUNCHER  KubeVirt's launcher image without tag (Containerfile default)
 #   PVL_IMAGE          the tag to build (default localhost/py-virt-launcher:<version>)
 #   PVL_DEBIAN_RELEASE the Debian release of the image (default: this machine's)
 set -euo pipefail
@@ -28,6 +33,12 @@ now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 
 [[ $(id -u) -eq 0 ]] || die "run as root (buildah's storage is root's, mmdebstrap needs root)"
+clean=false
+case ${1:-} in
+  "") ;;
+  --clean) clean=true ;;
+  *) echo "usage: $0 [--clean]" >&2; exit 2 ;;
+esac
 bash "$REPO/hack/install-deps.sh" --image >&2
 
 # --- what to build ------------------------------------------------------------------------
@@ -58,6 +69,16 @@ case $helpers in
 esac
 
 exists() { buildah inspect --type image "$1" >/dev/null 2>&1; }
+
+if $clean; then  # make image-clean: what make image made, and buildah's build cache
+  for ref in "$image" "$base"; do
+    ! exists "$ref" || buildah rmi "$ref" >/dev/null
+  done
+  buildah rmi --prune >/dev/null || true
+  rm -rf "$CACHE"
+  log "removed $image, $base, dangling layers and $CACHE"
+  exit 0
+fi
 
 # --- 2. the Debian base image -------------------------------------------------------------
 apt_sources() {
@@ -128,6 +149,7 @@ args=(--isolation chroot --network host --layers --pull=false
       --build-arg "DEBIAN_IMAGE=$base" --build-arg "KUBEVIRT_HELPERS=$helpers"
       --build-arg "VERSION=$version" --build-arg "SOURCES_DIGEST=$digest")
 [[ -z ${KUBEVIRT_VERSION:-} ]] || args+=(--build-arg "KUBEVIRT_VERSION=$KUBEVIRT_VERSION")
+[[ -z ${KUBEVIRT_LAUNCHER:-} ]] || args+=(--build-arg "KUBEVIRT_LAUNCHER=$KUBEVIRT_LAUNCHER")
 # The CA bundle this machine trusts, for pip in the build stage (a build secret: it is in
 # no layer). Behind a TLS-inspecting proxy, Debian's stock bundle would not do.
 [[ ! -s /etc/ssl/certs/ca-certificates.crt ]] ||
