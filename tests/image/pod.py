@@ -10,10 +10,11 @@ setrlimit), so the pod is put together by hand, the way a container runtime woul
   H/var/run/kubevirt-ephemeral-disks, ...), so that `launcher.paths` with the runtime root H
   names where virt-handler (the notify receiver, the command client) finds each socket and
   file from outside; in non-root mode they belong to 107 (the pod's fsGroup);
-- `unshare --pid --fork --mount --mount-proc`: new PID and mount namespaces, a fresh /proc;
-  a script (host tools, before the chroot) mounts a minimal /dev (no /dev/kvm: QEMU runs
-  under TCG), /sys read-only, a /tmp, and bind-mounts each volume at its path inside the
-  root; then it execs `chroot` (and `setpriv --no-new-privs` + uid/gid 107 in non-root
+- `unshare --pid --fork --mount --mount-proc --uts --net`: new PID and mount namespaces
+  (a fresh /proc), the pod's own host name and network (loopback only: the guest's NIC is
+  user-mode); a script (host tools, before the chroot) mounts a minimal /dev (no /dev/kvm:
+  QEMU runs under TCG), /sys read-only, a /tmp, and bind-mounts each volume at its path
+  inside the root; then it execs `chroot` (and `setpriv --no-new-privs` + uid/gid 107 in non-root
   mode) into the image's entrypoint, /usr/bin/virt-launcher-monitor, which is PID 1.
 
 From the chroot on, only the image's files are used: its Python and venv, libvirt, QEMU.
@@ -56,12 +57,17 @@ VOLUMES = (
     "/var/run/libvirt",
 )
 # Runs as PID 1 of the new namespaces until it execs the monitor. Arguments: the image
-# root, the uid to run as (0 or 107), then "inside=host" volume pairs up to "--", then the
-# monitor's arguments.
+# root, the uid to run as (0 or 107), the pod's host name, then "inside=host" volume pairs
+# up to "--", then the monitor's arguments.
 POD_SCRIPT = r"""
 set -euo pipefail
-root=$1 uid=$2
-shift 2
+root=$1 uid=$2 name=$3
+shift 3
+# The pod's own network (loopback only: the guest's NIC is user-mode) and host name.
+ip link set lo up
+hostname "$name"
+printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t%s\n' \
+  "$name" > "$root/etc/hosts"
 vols=()
 while [[ $1 != -- ]]; do vols+=("$1"); shift; done
 shift
@@ -76,8 +82,8 @@ mkdir -m 1777 "$root/dev/shm"
 mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts "$root/dev/pts"
 ln -s pts/ptmx "$root/dev/ptmx"
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$root/dev/shm"
-mount --rbind /sys "$root/sys"
-mount -o remount,bind,ro "$root/sys"
+# A sysfs of the pod's network namespace (its devices, not the host's), read-only.
+mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$root/sys"
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$root/tmp"
 for pair in "${vols[@]}"; do
   inside=${pair%%=*} host=${pair#*=}
@@ -234,9 +240,12 @@ class Pod:
                         os.chown(sub, QEMU_UID, QEMU_UID)
         return vmi(name=self.name, namespace=self.namespace, uid=self.uid)
 
+    @property
+    def pod_name(self) -> str:
+        return f"virt-launcher-{self.name}-x7k2p"
+
     def env(self, doc: dict[str, Any]) -> dict[str, str]:
-        env = {"PATH": POD_PATH, "POD_NAME": f"virt-launcher-{self.name}-x7k2p",
-               "HOSTNAME": f"virt-launcher-{self.name}-x7k2p",
+        env = {"PATH": POD_PATH, "POD_NAME": self.pod_name, "HOSTNAME": self.pod_name,
                "STANDALONE_VMI": json.dumps(doc)}
         if self.nonroot:  # KubeVirt's pod template for a non-root VM
             env.update(HOME="/var/run/kubevirt-private", XDG_CACHE_HOME="/var/run/kubevirt-private",
@@ -250,8 +259,9 @@ class Pod:
         mounts = [f"{in_root(self.image, vol)}={self.host / vol.lstrip('/')}"
                   for vol in VOLUMES]
         argv = ["unshare", "--pid", "--fork", "--mount", f"--mount-proc={self.image}/proc",
-                "--", "bash", "-c", POD_SCRIPT, "pod", str(self.image),
-                str(QEMU_UID if self.nonroot else 0), *mounts, "--", *self.monitor_args()]
+                "--uts", "--net", "--", "bash", "-c", POD_SCRIPT, "pod", str(self.image),
+                str(QEMU_UID if self.nonroot else 0), self.pod_name, *mounts, "--",
+                *self.monitor_args()]
         log = open(self.inst.log_path, "ab")  # noqa: SIM115 - owned by the Popen
         self.started_at = time.time()
         self.inst.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,

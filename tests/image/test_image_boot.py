@@ -15,6 +15,7 @@ snapshot.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -88,6 +89,8 @@ def test_the_image_boots_the_guest_as_pid1(image_pod: Pod, record_property: Any)
     doc = p.prepare()
     p.start(doc)
     assert p.is_pid1(), "the monitor is not PID 1 of its namespace"
+    for ns in ("net", "uts", "mnt"):  # the pod's own, as a container runtime makes them
+        assert os.readlink(f"/proc/{p.monitor}/ns/{ns}") != os.readlink(f"/proc/self/ns/{ns}")
 
     running = p.receiver.wait_domain(
         lambda e: status(e) == ("Running", "Unknown") and agent_state(e) == "connected",
