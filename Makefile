@@ -1,11 +1,13 @@
 # The two commands of the README: `make demo` (the main job) and `make test` (all tests).
-# Both set the machine up first (idempotent): Debian packages, .venv, the test guest.
+# Both set the machine up first (idempotent): Debian packages, .venv, the test guest;
+# `make test` also builds the launcher image (`make image`, cached) that tests/image boots.
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_WORKERS ?= 4
 
-.PHONY: setup deps venv guest demo test lint unit integration e2e bench clean
+.PHONY: setup deps venv guest demo test lint unit integration e2e bench clean \
+	image image-test image-clean
 
 setup: deps venv guest
 
@@ -24,7 +26,7 @@ demo: setup
 lint: venv
 	bash hack/lint.sh
 
-test: setup
+test: setup image
 	bash hack/lint.sh
 	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) tests
 
@@ -36,6 +38,18 @@ integration: venv
 
 e2e: setup
 	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) tests/e2e
+
+# The launcher image, built here with buildah (hack/build-image.sh: its own tools, a local
+# Debian base, the layer cache; idempotent), and the tests that boot the guest from it.
+image:
+	bash hack/build-image.sh
+
+image-test: setup image
+	$(VENV)/bin/pytest -n 2 tests/image
+
+# The image, the base, buildah's dangling layers (its build cache) and the base tarball.
+image-clean:
+	bash hack/build-image.sh --clean
 
 bench: setup
 	$(PY) -m hack.bench

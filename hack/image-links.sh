@@ -3,7 +3,7 @@
 # runs this in the image; tests/integration/test_image_layout.py runs it against a staged
 # install, so the test checks exactly what the image gets.
 #
-#   hack/image-links.sh [--root DIR] BINDIR
+#   hack/image-links.sh [--root DIR] [--kubevirt-helpers] BINDIR
 #
 # BINDIR: where the console scripts are installed, as seen from inside the image (the
 # Containerfile's venv: /opt/py-virt-launcher/bin). DIR: the image's root (default /).
@@ -16,19 +16,25 @@
 # - /usr/share/OVMF/OVMF_VARS.secboot.fd: the secure-boot NVRAM template under the name
 #   KubeVirt's converter uses (Debian calls it OVMF_VARS.ms.fd: Microsoft keys enrolled, as
 #   in KubeVirt's image), when the ovmf package is installed.
+# - --kubevirt-helpers: KubeVirt's /usr/bin/container-disk, virt-tail and virt-probe (the
+#   Containerfile copies them there, or not: KUBEVIRT_HELPERS) must be all there or all
+#   absent; /usr/share/py-virt-launcher/kubevirt-helpers then says which.
 # Idempotent. Exits non-zero naming what is missing.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 COMMANDS=(virt-launcher-monitor virt-launcher virt-freezer)
+HELPERS=(container-disk virt-tail virt-probe)
 
-usage() { echo "usage: $0 [--root DIR] BINDIR" >&2; exit 2; }
+usage() { echo "usage: $0 [--root DIR] [--kubevirt-helpers] BINDIR" >&2; exit 2; }
 die() { echo "image-links: $*" >&2; exit 1; }
 
 root=/
+helpers=false
 while (($#)); do
   case $1 in
     --root) (($# >= 2)) || usage; root=$2; shift 2 ;;
+    --kubevirt-helpers) helpers=true; shift ;;
     -h|--help) usage ;;
     -*) usage ;;
     *) break ;;
@@ -54,4 +60,26 @@ ovmf=$root/usr/share/OVMF
 if [[ -e $ovmf/OVMF_VARS.ms.fd && ! -e $ovmf/OVMF_VARS.secboot.fd ]]; then
   ln -sfn OVMF_VARS.ms.fd "$ovmf/OVMF_VARS.secboot.fd"
 fi
-echo "image-links: ${COMMANDS[*]} and node-labeller.sh in ${root:-}/usr/bin"
+helpers_note=
+if $helpers; then
+  found=()
+  for name in "${HELPERS[@]}"; do
+    if [[ -e $root/usr/bin/$name ]]; then
+      [[ -f $root/usr/bin/$name && -x $root/usr/bin/$name ]] ||
+        die "/usr/bin/$name is not an executable file"
+      found+=("$name")
+    fi
+  done
+  mkdir -p "$root/usr/share/py-virt-launcher"
+  note=$root/usr/share/py-virt-launcher/kubevirt-helpers
+  if ((${#found[@]} == ${#HELPERS[@]})); then
+    echo "kubevirt: ${HELPERS[*]} in /usr/bin" > "$note"
+    helpers_note="; KubeVirt's helpers: present"
+  elif ((${#found[@]} == 0)); then
+    echo "absent: ${HELPERS[*]} are not in this image" > "$note"
+    helpers_note="; KubeVirt's helpers: absent"
+  else
+    die "KubeVirt's helpers: /usr/bin has ${found[*]} but not all of ${HELPERS[*]}"
+  fi
+fi
+echo "image-links: ${COMMANDS[*]} and node-labeller.sh in ${root:-}/usr/bin$helpers_note"

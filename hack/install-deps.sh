@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Install the Debian packages py-virt-launcher needs (run as root). Idempotent: packages
 # already present are not fetched again, and apt-get update runs only when a package is missing.
+#
+#   hack/install-deps.sh           what make setup needs (the launcher, its tests, the guest)
+#   hack/install-deps.sh --image   only what make image needs (hack/build-image.sh)
 set -euo pipefail
 
 PKGS=(
@@ -11,6 +14,16 @@ PKGS=(
   util-linux procps iproute2 libxml2-utils passwd genisoimage
   python3 python3-venv python3-dev make
 )
+
+# make image: buildah builds the Containerfile (chroot isolation, no OCI runtime needed) and
+# mmdebstrap makes the Debian base image when none can be pulled.
+IMAGE_PKGS=(buildah mmdebstrap)
+
+case ${1:-} in
+  "") ;;
+  --image) PKGS=("${IMAGE_PKGS[@]}") ;;
+  *) echo "usage: $0 [--image]" >&2; exit 2 ;;
+esac
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -41,6 +54,6 @@ else
   # container entrypoint does not use.
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
-if [[ $(id -u) -eq 0 ]]; then
+if [[ $(id -u) -eq 0 && -z ${1:-} ]]; then
   ensure_qemu_user
 fi

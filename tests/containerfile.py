@@ -111,6 +111,19 @@ def load(path: Path = CONTAINERFILE) -> list[Stage]:
     return parse(path.read_text())
 
 
+def global_args(path: Path = CONTAINERFILE) -> dict[str, str]:
+    """The ARGs before the first FROM (usable in FROM lines), with their defaults."""
+    args: dict[str, str] = {}
+    for line in logical_lines(path.read_text()):
+        ins = instruction(line)
+        if ins.keyword == "FROM":
+            break
+        if ins.keyword == "ARG":
+            name, _, default = ins.args.partition("=")
+            args[name] = default
+    return args
+
+
 def stage(stages: list[Stage], name: str) -> Stage:
     found = [s for s in stages if s.name == name]
     assert len(found) == 1, f"no single stage named {name!r}"

@@ -48,13 +48,16 @@ class Staged:
 
 
 def image_venv() -> tuple[str, str]:
-    """The final stage's venv and the BINDIR it passes to hack/image-links.sh."""
-    final = containerfile.load()[-1]
-    venvs = [c[c.index("venv") + 1] for c in final.commands() if c[1:3] == ["-m", "venv"]]
+    """The image's venv (made in the build stage, copied whole into the final one) and the
+    BINDIR the final stage passes to hack/image-links.sh."""
+    stages = containerfile.load()
+    build, final = containerfile.stage(stages, "build"), stages[-1]
+    venvs = [[a for a in c[3:] if not a.startswith("-")] for c in build.commands()
+             if c[1:3] == ["-m", "venv"] and "--without-pip" in c]
     links = [c[-1] for c in final.commands()
-             if len(c) >= 2 and c[-2].endswith("hack/image-links.sh")]
-    assert len(venvs) == 1 and len(links) == 1
-    return venvs[0], links[0]
+             if len(c) >= 2 and any(a.endswith("hack/image-links.sh") for a in c)]
+    assert len(venvs) == 1 and len(venvs[0]) == 1 and len(links) == 1
+    return venvs[0][0], links[0]
 
 
 def run_links(root: Path, bindir: str) -> subprocess.CompletedProcess[str]:
@@ -171,6 +174,42 @@ def test_links_refuse_a_missing_entry_point(tmp_path: Path) -> None:
     relative = run_links(tmp_path, "opt/venv/bin")
     assert relative.returncode == 1
     assert "must be absolute" in relative.stderr
+
+
+KUBEVIRT_HELPERS = ("container-disk", "virt-tail", "virt-probe")
+
+
+def helpers_note(root: Path) -> str:
+    return (root / "usr" / "share" / "py-virt-launcher" / "kubevirt-helpers").read_text()
+
+
+def test_kubevirt_helpers_absent_is_recorded(tmp_path: Path) -> None:
+    fake_install(tmp_path, "/opt/venv/bin")
+    done = subprocess.run(["bash", str(LINKS), "--root", str(tmp_path), "--kubevirt-helpers",
+                           "/opt/venv/bin"], capture_output=True, text=True, timeout=30,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert helpers_note(tmp_path).startswith("absent: container-disk virt-tail virt-probe")
+    assert "KubeVirt's helpers: absent" in done.stdout
+
+
+@pytest.mark.parametrize("present", [KUBEVIRT_HELPERS, KUBEVIRT_HELPERS[:2]])
+def test_kubevirt_helpers_all_or_none(tmp_path: Path, present: tuple[str, ...]) -> None:
+    fake_install(tmp_path, "/opt/venv/bin")
+    for name in present:  # what COPY --from=helpers put there
+        helper = tmp_path / "usr" / "bin" / name
+        helper.parent.mkdir(parents=True, exist_ok=True)
+        helper.write_text("#!/bin/sh\n")
+        helper.chmod(0o755)
+    done = subprocess.run(["bash", str(LINKS), "--root", str(tmp_path), "--kubevirt-helpers",
+                           "/opt/venv/bin"], capture_output=True, text=True, timeout=30,
+                          check=False)
+    if present == KUBEVIRT_HELPERS:
+        assert done.returncode == 0, done.stderr
+        assert helpers_note(tmp_path).startswith("kubevirt: ")
+    else:
+        assert done.returncode == 1
+        assert "has container-disk virt-tail but not all of" in done.stderr
 
 
 # --- node-labeller.sh against fake virsh and daemons ----------------------------------------

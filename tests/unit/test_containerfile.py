@@ -27,6 +27,9 @@ NOT_IN_IMAGE = {
     "libxml2-utils",  # virt-xml-validate in the converter tests
     "genisoimage",  # isoinfo in the disk tests (the launcher writes ISOs with pycdlib)
     "passwd",  # useradd/groupadd: in the base image already (Priority: required)
+    # the image's venv is made in the build stage (--without-pip) and copied whole; Debian's
+    # python3-venv (ensurepip's pip and setuptools wheels) is only needed there
+    "python3-venv",
 }
 # What KubeVirt's pod templates run from the launcher image besides our commands.
 KUBEVIRT_HELPERS = ("/usr/bin/container-disk", "/usr/bin/virt-tail", "/usr/bin/virt-probe")
@@ -82,14 +85,33 @@ def test_final_stage_has_the_runtime_packages_of_the_dev_machine(final: Stage) -
     assert not missing, f"in hack/install-deps.sh but not in the image: {sorted(missing)}"
 
 
-def test_final_stage_installs_only_the_built_wheels(final: Stage) -> None:
-    installs = [c for c in final.commands() if c[1:2] == ["install"] and "pip" in c[0]]
+def image_venv(stages: list[Stage]) -> str:
+    build = containerfile.stage(stages, "build")
+    venvs = [c for c in build.commands() if c[1:3] == ["-m", "venv"] and "--without-pip" in c]
+    assert len(venvs) == 1, "the build stage makes one venv without pip: the image's"
+    paths = [a for a in venvs[0][3:] if not a.startswith("-")]
+    assert len(paths) == 1
+    return paths[0]
+
+
+def test_the_image_venv_is_made_from_the_built_wheels_only(stages: list[Stage]) -> None:
+    venv = image_venv(stages)
+    build = containerfile.stage(stages, "build")
+    installs = [c for c in build.commands() if "pip" in c[0] and "install" in c]
     assert len(installs) == 1
     cmd = installs[0]
+    assert cmd[cmd.index("--python") + 1] == f"{venv}/bin/python"
     assert "--no-index" in cmd
     assert cmd[cmd.index("--find-links") + 1] == "/wheels"
-    mounts = [f for run in final.all("RUN") for f in run.flags if f.startswith("--mount=")]
-    assert "--mount=type=bind,from=build,source=/wheels,target=/wheels" in mounts
+    assert cmd[-1] == "py-virt-launcher"
+
+
+def test_final_stage_copies_the_venv_whole(stages: list[Stage], final: Stage) -> None:
+    venv = image_venv(stages)
+    copies = [c for c in final.all("COPY") if "--from=build" in c.flags]
+    assert [c.args.split() for c in copies] == [[venv, venv]]
+    # no pip, wheels or build tools reach the final stage any other way
+    assert not [r for r in final.all("RUN") if "/wheels" in r.args or "pip" in r.args]
 
 
 def test_user_107_qemu_exists(final: Stage) -> None:
@@ -116,17 +138,47 @@ def test_entrypoint_is_the_monitor(final: Stage) -> None:
     assert not final.all("CMD")
 
 
-def test_kubevirt_paths_come_from_the_shared_script(final: Stage) -> None:
-    venvs = [c[c.index("venv") + 1] for c in final.commands() if c[1:3] == ["-m", "venv"]]
-    assert len(venvs) == 1
-    links = [c for c in final.commands() if len(c) >= 2 and c[-2].endswith("image-links.sh")]
+def test_kubevirt_paths_come_from_the_shared_script(stages: list[Stage], final: Stage) -> None:
+    links = [c for c in final.commands() if any(a.endswith("image-links.sh") for a in c)]
     assert len(links) == 1
-    assert links[0][-1] == f"{venvs[0]}/bin"
-    helpers = [c for c in final.all("COPY") if "--from=kubevirt" in c.flags]
-    assert len(helpers) == 1
-    *sources, target = helpers[0].args.split()
-    assert target == "/usr/bin/"
-    assert tuple(sources) == KUBEVIRT_HELPERS
+    assert links[0][-1] == f"{image_venv(stages)}/bin"
+    assert "--kubevirt-helpers" in links[0]  # checks and records the helpers stage's result
+    # hack/ is bind-mounted into that step: its cache must depend on hack/'s content
+    # (hack/build-image.sh passes the sources' digest), declared before the step
+    names = [i.keyword + " " + i.args for i in final.instructions]
+    digest = names.index("ARG SOURCES_DIGEST=unset")
+    run = next(i for i, ins in enumerate(final.instructions)
+               if ins.keyword == "RUN" and "image-links.sh" in ins.args)
+    assert digest < run
+    assert "SOURCES_DIGEST=$digest" in (REPO / "hack" / "build-image.sh").read_text()
+
+
+def test_kubevirt_helpers_are_optional(stages: list[Stage], final: Stage) -> None:
+    args = containerfile.global_args()
+    assert args["KUBEVIRT_HELPERS"] == "absent"  # buildable without KubeVirt's registry
+    kubevirt = containerfile.stage(stages, "kubevirt")
+    assert kubevirt.base == "${KUBEVIRT_LAUNCHER}:${KUBEVIRT_VERSION}"
+    with_helpers = containerfile.stage(stages, "helpers-kubevirt")
+    [copy] = with_helpers.all("COPY")
+    assert "--from=kubevirt" in copy.flags
+    *sources, target = copy.args.split()
+    assert tuple(sources) == KUBEVIRT_HELPERS and target == "/helpers/"
+    without = containerfile.stage(stages, "helpers-absent")
+    assert without.commands() == [["mkdir", "/helpers"]]  # an empty directory
+    assert containerfile.stage(stages, "helpers").base == "helpers-${KUBEVIRT_HELPERS}"
+    helpers = [c for c in final.all("COPY") if "--from=helpers" in c.flags]
+    assert [c.args for c in helpers] == ["/helpers/ /usr/bin/"]
+    labels = " ".join(i.args for i in final.all("LABEL"))
+    assert 'io.github.py-virt-launcher.kubevirt-helpers="${KUBEVIRT_HELPERS}"' in labels
+    assert "KUBEVIRT_HELPERS" in [i.args for i in final.all("ARG")]
+
+
+def test_every_stage_is_the_same_debian(stages: list[Stage]) -> None:
+    # libvirt-python is compiled in the build stage against the libvirt the final stage has
+    assert containerfile.global_args()["DEBIAN_IMAGE"] == "debian:bookworm-slim"
+    debian = [s for s in stages if "DEBIAN" in s.base]
+    assert {s.base for s in debian} == {"${DEBIAN_IMAGE}"}
+    assert {s.name for s in debian} == {"helpers-absent", "build", ""}
 
 
 def test_hadolint_config_justifies_every_ignored_rule() -> None:
