@@ -38,10 +38,10 @@ from typing import Any
 
 import psutil
 
-from hack.guestvm import stage, vmi
-from tests.e2e.guest import Receiver
-from tests.e2e.harness import Instance, wait_for
 from tests.e2e.pid1 import members, ns_pid, pid_ns
+from tests.support.guest import Receiver
+from tests.support.guestvm import stage, vmi
+from tests.support.harness import Instance, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 QEMU_UID = 107  # the image's "qemu" user, KubeVirt's non-root VM user
@@ -207,7 +207,7 @@ class Pod:
 
     @property
     def uid(self) -> str:
-        return f"uid-{self.host.name}"  # what tests.e2e.guest.Cmd sends as the VMI's uid
+        return f"uid-{self.host.name}"  # what tests.support.guest.Cmd sends as the VMI's uid
 
     def monitor_args(self) -> list[str]:
         """The compute container's command line as KubeVirt's virt-controller renders it."""
