@@ -22,16 +22,6 @@ import psutil
 import pytest
 
 from monitor.exitcodes import SIGNAL_EXIT_BASE
-from tests.e2e.pid1 import (
-    UNSHARE,
-    Pid1,
-    ZombieWatch,
-    alive,
-    host_pid,
-    members,
-    ns_pid,
-    state,
-)
 from tests.support.guest import (
     BOOT_TO_AGENT_TIMEOUT_S,
     Receiver,
@@ -41,6 +31,16 @@ from tests.support.guest import (
     status,
 )
 from tests.support.harness import Instance, wait_for
+from tests.support.pid1 import (
+    UNSHARE,
+    Pid1,
+    ZombieWatch,
+    alive,
+    host_pid,
+    members,
+    ns_pid,
+    state,
+)
 
 pytestmark = pytest.mark.e2e
 

@@ -38,10 +38,10 @@ from typing import Any
 
 import psutil
 
-from tests.e2e.pid1 import members, ns_pid, pid_ns
 from tests.support.guest import Receiver
 from tests.support.guestvm import stage, vmi
 from tests.support.harness import Instance, wait_for
+from tests.support.pid1 import members, ns_pid, pid_ns
 
 REPO = Path(__file__).resolve().parents[2]
 QEMU_UID = 107  # the image's "qemu" user, KubeVirt's non-root VM user

@@ -27,10 +27,10 @@ import pytest
 
 from launcher._proto.kubevirt.cmd.v1 import cmd_pb2
 from tests.conftest import failed
-from tests.e2e.pid1 import members
 from tests.image.pod import QEMU_UID, Pod, image_present, image_ref, image_root, in_root, pod
 from tests.support.guest import BOOT_TO_AGENT_TIMEOUT_S, Cmd, agent_state, status
 from tests.support.harness import wait_for
+from tests.support.pid1 import members
 
 pytestmark = [pytest.mark.e2e, pytest.mark.image]
 # What the pod's processes may run (symlinks resolved inside the image): its Python
