@@ -2,13 +2,14 @@
 """Benchmark the launcher's event relay: libvirt event -> a real virt-launcher-events receiver.
 
 Prints one JSON object on stdout (logs go to stderr). The headline figures run the launcher's
-own components, wired as launcher/supervisor.py wires them (libvirt's default event loop
-thread, Connection + executor, DomainRelay, Notifier -> gRPC over a UNIX socket), against
-libvirt's test driver (test:///default: in-process, no daemon) and its running domain "test":
+own components, built by the launcher's own wiring (launcher.wiring: libvirt's default event
+loop thread, Connection + executor, DomainRelay, Notifier -> gRPC over a UNIX socket),
+against libvirt's test driver (test:///default: in-process, no daemon) and a running domain
+of its own ("default_relaybench", defined on the driver):
 
 - grpc_uds_rtt_p50_ms / _p99_ms: the floor, a raw grpc.aio unary round trip
   (NotifyInfo.Info) to the same receiver process over the same UNIX socket, 2,000 calls;
-- relay_p50_ms / _p99_ms: suspend()/resume() of "test" on a separate libvirt connection (a
+- relay_p50_ms / _p99_ms: suspend()/resume() of the domain on a separate libvirt connection (a
   thread, off the loop) -> lifecycle event on libvirt's event thread -> call_soon_threadsafe
   -> DomainRelay.on_event -> Notifier -> snapshot built by re-reading libvirt in the executor
   (lookupByName, state, XMLDesc) -> HandleDomainEvent -> the receiver's received_at, for a
@@ -50,7 +51,7 @@ import grpc
 import libvirt
 import uvloop
 
-from launcher import logs
+from launcher import flags, logs
 from launcher._proto.kubevirt.notify.info import info_pb2, info_pb2_grpc
 from launcher.libvirt.connection import Connection, ensure_event_loop
 from launcher.notify.domain_state import status_and_reason
@@ -58,10 +59,16 @@ from launcher.notify.events import LIFECYCLE, DomainEvent
 from launcher.notify.notifier import Notifier, grpc_target
 from launcher.notify.queues import EventType, SnapshotBuilder
 from launcher.notify.relay import DomainRelay
+from launcher.paths import derive
+from launcher.wiring import build as build_launcher
 
 EVENTS_CMD = Path(sys.executable).parent / "virt-launcher-events"
 URI = "test:///default"
-DOMAIN = "test"  # the test driver's default domain, running
+NAME, NAMESPACE = "relaybench", "default"
+DOMAIN = f"{NAMESPACE}_{NAME}"  # libvirt's name for it, as the launcher derives it
+# Defined and started on the test driver by the operator (the driver is per process).
+DOMAIN_XML = (f"<domain type='test'><name>{DOMAIN}</name><memory unit='MiB'>64</memory>"
+              "<os><type>hvm</type></os></domain>")
 KEY = "bench_vmi"
 WAIT_S = 10.0  # for any single expected event; the whole run takes seconds
 
@@ -227,7 +234,12 @@ class Operator:
 
     def _open(self) -> None:
         self._conn = libvirt.open(URI)
-        self._dom = self._conn.lookupByName(DOMAIN)
+        try:
+            self._dom = self._conn.lookupByName(DOMAIN)
+        except libvirt.libvirtError:
+            self._dom = self._conn.defineXML(DOMAIN_XML)
+        if not self._dom.isActive():
+            self._dom.create()
 
     async def open(self) -> None:
         await self._run(self._open)
@@ -445,33 +457,34 @@ async def relay_burst(rig: Rig, rec: Receiver, pairs: int) -> dict[str, Any]:
 
 
 async def launcher_path(sock: str, rec: Receiver, args: argparse.Namespace) -> dict[str, Any]:
-    # As launcher/supervisor.py wires it: the event loop thread registered before the first
-    # connection, Connection on a 4-thread executor, Notifier, DomainRelay, attach.
+    # Built by the launcher's own wiring (launcher.wiring), on the test driver, no daemons:
+    # the event loop thread registered before the first connection, the connection on its
+    # executor, the notifier, the relay attached; only those are run here.
     ensure_event_loop()
-    executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="libvirt-call")
-    conn = Connection(URI, executor)
+    root = tempfile.mkdtemp(prefix="pvl-rb-")
+    opts = flags.parse(["--name", NAME, "--namespace", NAMESPACE, "--uid", "bench",
+                        "--runtime-root", root], environ={})
+    parts = build_launcher(opts, derive(opts), uri=URI, with_daemons=False,
+                           notify_socket=sock)
+    conn, notifier, relay = parts.conn, parts.notifier, parts.relay
     operator = Operator()
     tasks: list[asyncio.Task[None]] = []
-    relay: DomainRelay | None = None
-    notifier: Notifier | None = None
+    attached = False
     try:
+        await operator.open()  # the domain exists before the relay subscribes
         await conn.connect()
         tasks.append(asyncio.create_task(conn.run(), name="libvirt-connection"))
-        notifier = Notifier(sock)
         tasks.append(asyncio.create_task(notifier.run(), name="notifier"))
-        relay = DomainRelay(conn=conn, notifier=notifier, domain=DOMAIN, name=DOMAIN,
-                            namespace="default", uid="bench")
         clock = EventClock()
         relay.listeners.append(clock)
-        conn.on_reconnect(relay.attach)
         await relay.attach(conn.conn)
-        await operator.open()
+        attached = True
         rig = Rig(conn, notifier, relay, operator, clock)
 
         lat = await relay_latency(rig, rec, args.relay_events, args.relay_warmup)
-        build = await snapshot_build(rig, args.build_calls)
+        build_times = await snapshot_build(rig, args.build_calls)
         burst = await relay_burst(rig, rec, args.burst_pairs)
-        return {"latency": lat, "build": build, "burst": burst,
+        return {"latency": lat, "build": build_times, "burst": burst,
                 "notifier_stats": dict(vars(notifier.stats))}
     finally:
         for task in tasks:
@@ -479,13 +492,13 @@ async def launcher_path(sock: str, rec: Receiver, args: argparse.Namespace) -> d
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if notifier is not None:
-            await notifier.close()
-        if relay is not None:
+        await notifier.close()
+        if attached:
             await relay.detach()
         await conn.close()
         await operator.close()
-        executor.shutdown(wait=True)
+        parts.shutdown_executors()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------
