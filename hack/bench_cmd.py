@@ -48,6 +48,7 @@ import psutil
 from launcher import flags
 from launcher._proto.kubevirt.cmd.v1 import cmd_pb2, cmd_pb2_grpc
 from launcher.paths import Paths, derive
+from tests.support import harness
 from tests.support.guestvm import AGENT_CHANNEL, stage, vmi
 from tests.support.harness import processes_referencing
 
@@ -82,15 +83,11 @@ class BenchError(Exception):
 
 def wait_for(pred: Callable[[], bool], timeout: float, what: str,
              alive: subprocess.Popen[bytes] | None = None, interval: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        if alive is not None and alive.poll() is not None:
-            raise BenchError(f"monitor exited early with {alive.returncode} "
-                             f"while waiting for {what}")
-        time.sleep(interval)
-    raise BenchError(f"timed out after {timeout:g}s waiting for {what}")
+    """tests.support.harness.wait_for, its failures as BenchError."""
+    try:
+        harness.wait_for(pred, timeout, interval=interval, what=what, alive=alive)
+    except (TimeoutError, harness.ExitedEarly) as exc:
+        raise BenchError(f"{exc}") from None
 
 
 def json_lines(path: Path) -> list[dict[str, Any]]:

@@ -35,15 +35,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import grpc
 import psutil
 import yaml
 
 from launcher import flags
-from launcher._proto.kubevirt.cmd.v1 import cmd_pb2, cmd_pb2_grpc
 from launcher.paths import Paths, derive
+from tests.support import guest
 from tests.support.guestvm import AGENT_CHANNEL, stage, vmi
-from tests.support.harness import kill_all, processes_referencing
+from tests.support.harness import kill_all, processes_referencing, wait_for
 from tests.support.virt_handler import Verdict, replay
 
 BIN = Path(sys.executable).parent
@@ -153,43 +152,24 @@ def wait_log(log: Path, msg: str, proc: subprocess.Popen[bytes], timeout: float,
     raise SystemExit(f"timed out waiting for {msg!r}")
 
 
-class Cmd:
-    """virt-handler's side of the command socket."""
+class Cmd(guest.Cmd):
+    """virt-handler's side of the command socket (tests.support.guest.Cmd); a failed rpc
+    ends the demo."""
 
-    def __init__(self, paths: Paths, doc: dict[str, Any]) -> None:
-        self.channel = grpc.insecure_channel(f"unix:{paths.cmd_socket}")
-        self.stub = cmd_pb2_grpc.CmdStub(self.channel)
-        self.doc = doc
-
-    def request(self, doc: dict[str, Any] | None = None) -> Any:
-        raw = json.dumps(doc or self.doc).encode()
-        return cmd_pb2.VMIRequest(vmi=cmd_pb2.VMI(vmiJson=raw))
-
-    def vmi_call(self, rpc: str, doc: dict[str, Any] | None = None) -> Any:
-        resp = getattr(self.stub, rpc)(self.request(doc), timeout=60)
+    def vmi_call(self, rpc: str, doc: dict[str, Any] | None = None,
+                 timeout: float = 60) -> Any:
+        resp = super().vmi_call(rpc, doc, timeout)
         if not resp.success:
             raise SystemExit(f"{rpc} failed: {resp.message}")
         return resp
 
-    def domain(self) -> dict[str, Any]:
-        resp = self.stub.GetDomain(cmd_pb2.EmptyRequest(), timeout=5)
-        doc: dict[str, Any] = json.loads(resp.domain)
-        return doc
-
-    def guest_info(self) -> dict[str, Any]:
-        resp = self.stub.GetGuestInfo(cmd_pb2.EmptyRequest(), timeout=5)
-        doc: dict[str, Any] = json.loads(resp.guestInfoResponse)
-        return doc
-
 
 def wait(pred: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise SystemExit(f"timed out waiting for {what}")
+    """tests.support.harness.wait_for; a timeout ends the demo."""
+    try:
+        return wait_for(pred, timeout, interval=0.1, what=what)
+    except TimeoutError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def to_yaml(doc: dict[str, Any]) -> str:
@@ -272,7 +252,7 @@ def main() -> int:
         events.wait(lambda e: agent_state(e) == "connected", 120, "agent connected")
         say(f"    agent connected {time.monotonic() - t0:.1f}s after the start")
         seen = launcher_log(log, seen)
-        cmd = Cmd(paths, doc)
+        cmd = Cmd(paths.cmd_socket, "demo", "default", uid, doc=doc)
 
         step("Cmd.GetDomain and Cmd.GetGuestInfo over launcher-sock (as virt-handler asks)")
         d = cmd.domain()

@@ -121,7 +121,7 @@ class Cmd(guest.Cmd):
     def guest_ping(self, timeout_s: int = 3) -> bool:
         try:
             self.stub.GuestPing(cmd_pb2.GuestPingRequest(
-                domainName=f"{self.inst.namespace}_{self.inst.name}",
+                domainName=f"{self.namespace}_{self.name}",
                 timeoutSeconds=timeout_s), timeout=timeout_s + 10)
         except grpc.RpcError:
             return False

@@ -41,7 +41,7 @@ def test_agent_cache_freeze_exec_and_a_contract_only_client(
     inst = make_instance(nonroot=False)
     receiver = receiver_for(inst, virt_handler=True)  # it ends the VM on SIGTERM
     boot(inst, receiver, nic=True)
-    cmd = Cmd(inst)
+    cmd = Cmd.of(inst)
 
     # The cache fills from the agent: OS, hostname, filesystems; interfaces in the domain.
     def filled() -> dict[str, Any] | None:
@@ -150,7 +150,7 @@ def test_lifecycle_rpcs_move_the_real_domain(
     inst = make_instance(nonroot=True)
     receiver = receiver_for(inst)
     boot(inst, receiver)
-    cmd = Cmd(inst)
+    cmd = Cmd.of(inst)
 
     assert cmd.vmi_call("PauseVirtualMachine").success
     receiver.wait_last(lambda e: status(e) == ("Paused", "User"), 10, "Paused")
@@ -208,7 +208,7 @@ def test_delete_then_kill(
     inst = make_instance(nonroot=False)
     receiver = receiver_for(inst)
     boot(inst, receiver)
-    cmd = Cmd(inst)
+    cmd = Cmd.of(inst)
     # Delete undefines (keeping NVRAM): the running domain becomes transient
     assert cmd.vmi_call("DeleteVirtualMachine").success
     assert cmd.vmi_call("DeleteVirtualMachine").success  # idempotent

@@ -125,7 +125,7 @@ def test_sync_into_a_full_ephemeral_disk_dir_then_a_guest_writing_into_a_full_ov
     receiver = receiver_for(inst, virt_handler=True)  # synced over gRPC: a cluster's pod
     doc = guest(inst)
     log = LogTail(inst)
-    cmd = Cmd(inst)
+    cmd = Cmd.of(inst)
     inst.start()
     inst.wait_running()
     launcher_pid = inst.launcher().pid

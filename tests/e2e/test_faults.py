@@ -364,7 +364,7 @@ def test_fault(case: Case, make_instance: Callable[..., Instance],
         "--allow-emulation", "--grace-period-seconds", str(GRACE_S)])
     receiver = receiver_for(inst)
     doc = guest(inst)
-    run = Run(case, inst, receiver, LogTail(inst), Cmd(inst), seed)
+    run = Run(case, inst, receiver, LogTail(inst), Cmd.of(inst), seed)
     inst.start(env={"STANDALONE_VMI": json.dumps(doc)})
     try:
         run.reach(rng)

@@ -249,7 +249,7 @@ def test_guest_poweroff_waits_for_the_delete_then_exits(
     receiver = receiver_for(inst)
     boot(inst, receiver)
     qemu = QemuGone(qemu_pid(inst))
-    resp = Cmd(inst).exec("/bin/sh", "-c", "(sleep 1; poweroff) >/dev/null 2>&1 &")
+    resp = Cmd.of(inst).exec("/bin/sh", "-c", "(sleep 1; poweroff) >/dev/null 2>&1 &")
     assert resp.response.success, resp.response.message
     receiver.wait_domain(lambda e: status(e) == ("Shutoff", "Shutdown"), 60,
                          "Shutoff/Shutdown after the guest's own poweroff")
@@ -264,7 +264,7 @@ def test_guest_poweroff_waits_for_the_delete_then_exits(
     assert os.path.exists(inst.paths.cmd_socket)
     last = receiver.last_domain()
     assert last is not None and "deletionTimestamp" not in last["domain"]["ObjectMeta"]
-    assert Cmd(inst).vmi_call("DeleteVirtualMachine").success
+    assert Cmd.of(inst).vmi_call("DeleteVirtualMachine").success
     assert inst.wait_exit(timeout=30) == 0, inst.tail()
     view = judged(receiver, qemu)
     assert view.phase == "Succeeded" and not view.verdicts[-1].exists

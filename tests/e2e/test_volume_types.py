@@ -121,7 +121,7 @@ def test_volume_types_reach_the_guest(
 
     inst.start(env={"STANDALONE_VMI": yaml.safe_dump(doc)})
     wait_agent(receiver)
-    cmd = Cmd(inst)
+    cmd = Cmd.of(inst)
     # vda data, vdb cloud-init, vdc config map, vdd secret, vde block PVC, vdf ephemeral,
     # vdg downward API, vdh service account, vdi sysprep
     assert [_iso_label(cmd, dev) for dev in ("/dev/vdb", "/dev/vdc", "/dev/vdd")] == [

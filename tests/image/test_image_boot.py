@@ -99,7 +99,7 @@ def test_the_image_boots_the_guest_as_pid1(image_pod: Pod, record_property: Any)
     assert running["domain"]["Spec"]["Name"] == f"{p.namespace}_{p.name}"
 
     # The command socket, from outside the pod's root (virt-handler's side of the volume).
-    cmd = Cmd(p.inst)
+    cmd = Cmd.of(p.inst)
     try:
         assert cmd.stub.Ping(cmd_pb2.EmptyRequest(), timeout=5).success
         def filled() -> dict[str, Any] | None:

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import grpc
 
@@ -177,23 +177,32 @@ def agent_state(event: dict[str, Any]) -> str | None:
 
 
 class Cmd:
-    """The command API over an instance's socket, one channel (close it at the end)."""
+    """The command API over a launcher's socket, as virt-handler uses it, one channel
+    (close it at the end). `doc`: the VMI sent with VMI rpcs (by default only its
+    identity, as virt-freezer and most of virt-handler's calls send it)."""
 
-    def __init__(self, inst: Instance) -> None:
-        self.inst = inst
-        self.channel = grpc.insecure_channel(f"unix:{inst.paths.cmd_socket}")
+    def __init__(self, socket: str, name: str, namespace: str, uid: str,
+                 doc: dict[str, Any] | None = None) -> None:
+        self.name, self.namespace, self.uid = name, namespace, uid
+        self.doc = doc or {"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+                           "metadata": {"name": name, "namespace": namespace, "uid": uid}}
+        self.channel = grpc.insecure_channel(f"unix:{socket}")
         self.stub = cmd_pb2_grpc.CmdStub(self.channel)
+
+    @classmethod
+    def of(cls, inst: Instance) -> Self:
+        """For a harness instance (its flags' name, namespace and uid)."""
+        return cls(inst.paths.cmd_socket, inst.name, inst.namespace, f"uid-{inst.root.name}")
 
     @property
     def vmi(self) -> cmd_pb2.VMI:
-        doc = {"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
-               "metadata": {"name": self.inst.name, "namespace": self.inst.namespace,
-                            "uid": f"uid-{self.inst.root.name}"}}
-        return cmd_pb2.VMI(vmiJson=json.dumps(doc).encode())
+        return cmd_pb2.VMI(vmiJson=json.dumps(self.doc).encode())
 
-    def vmi_call(self, rpc: str) -> cmd_pb2.Response:
-        resp: cmd_pb2.Response = getattr(self.stub, rpc)(cmd_pb2.VMIRequest(vmi=self.vmi),
-                                                         timeout=30)
+    def vmi_call(self, rpc: str, doc: dict[str, Any] | None = None,
+                 timeout: float = 30) -> cmd_pb2.Response:
+        vmi = self.vmi if doc is None else cmd_pb2.VMI(vmiJson=json.dumps(doc).encode())
+        resp: cmd_pb2.Response = getattr(self.stub, rpc)(cmd_pb2.VMIRequest(vmi=vmi),
+                                                         timeout=timeout)
         return resp
 
     def guest_info(self) -> dict[str, Any]:
@@ -216,7 +225,7 @@ class Cmd:
 
     def exec(self, command: str, *args: str, timeout_s: int = 10) -> cmd_pb2.ExecResponse:
         resp: cmd_pb2.ExecResponse = self.stub.Exec(cmd_pb2.ExecRequest(
-            domainName=f"{self.inst.namespace}_{self.inst.name}", Command=command,
+            domainName=f"{self.namespace}_{self.name}", Command=command,
             Args=list(args), timeoutSeconds=timeout_s), timeout=timeout_s + 10)
         return resp
 

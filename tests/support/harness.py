@@ -45,13 +45,21 @@ def ensure_test_user() -> pwd.struct_passwd:
         return pwd.getpwnam(TEST_USER)
 
 
+class ExitedEarly(RuntimeError):
+    """The process a wait depended on exited before the condition held."""
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.02,
-             what: str = "condition") -> Any:
+             what: str = "condition", alive: subprocess.Popen[bytes] | None = None) -> Any:
+    """The predicate's first true value, polled every `interval`; TimeoutError after
+    `timeout`, ExitedEarly as soon as `alive` (the process it depends on) has exited."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
+        if alive is not None and alive.poll() is not None:
+            raise ExitedEarly(f"exited with {alive.returncode} while waiting for {what}")
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
