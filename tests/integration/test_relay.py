@@ -8,26 +8,18 @@ own (unique name) and the relay only follows that one.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import threading
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import libvirt
 import psutil
 
-from launcher import flags
-from launcher.libvirt.connection import Connection, ensure_event_loop
-from launcher.notify.notifier import Notifier
-from launcher.notify.relay import DomainRelay
-from launcher.paths import derive
-from launcher.wiring import build
 from tests.integration.notify_support import ReceiverProc, run_uvloop, until
+from tests.support.rigs import RelayRig
+from tests.support.rigs import relay_rig as rig
 
 URI = "test:///default"
 
@@ -35,66 +27,10 @@ URI = "test:///default"
 run = run_uvloop
 
 
-def domain_xml(name: str) -> str:
-    return (f"<domain type='test'><name>{name}</name><uuid>{uuid.uuid4()}</uuid>"
-            "<memory>1024</memory><os><type>hvm</type></os>"
-            "<devices><disk type='file' device='disk'><source file='/guest/d1'/>"
-            "<target dev='vda' bus='virtio'/></disk></devices></domain>")
 
 
-@dataclass
-class Rig:
-    domain: str
-    conn: Connection
-    notifier: Notifier
-    relay: DomainRelay
-    operator: Any  # a separate libvirt connection: the "virt-handler"/user acting on it
-
-    async def op(self, action: str) -> None:
-        """Act on the domain from the operator's connection, off the loop."""
-        loop = asyncio.get_running_loop()
-
-        def act() -> None:
-            if action == "define":
-                self.operator.defineXML(domain_xml(self.domain))
-            else:
-                getattr(self.operator.lookupByName(self.domain), action)()
-
-        await loop.run_in_executor(None, act)
 
 
-@contextlib.asynccontextmanager
-async def rig(socket_path: str) -> AsyncIterator[Rig]:
-    ensure_event_loop()
-    name = f"pvl-{uuid.uuid4().hex[:10]}"
-    root = os.path.dirname(socket_path)
-    opts = flags.parse(["--name", name, "--namespace", "default", "--uid", "uid-1",
-                        "--runtime-root", root], environ={})
-    # The launcher's own wiring (launcher.wiring); only the relay's part is run here.
-    parts = build(opts, derive(opts), uri=URI, with_daemons=False, notify_socket=socket_path)
-    domain, conn, notifier, relay = opts.domain_name, parts.conn, parts.notifier, parts.relay
-    await conn.connect()
-    await relay.attach(conn.conn)
-    operator = libvirt.open(URI)
-    tasks = [asyncio.create_task(notifier.run()), asyncio.create_task(conn.run())]
-    try:
-        yield Rig(domain, conn, notifier, relay, operator)
-    finally:
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
-        await notifier.close()
-        await relay.detach()
-        await conn.close()
-        with contextlib.suppress(libvirt.libvirtError):
-            dom = operator.lookupByName(domain)
-            with contextlib.suppress(libvirt.libvirtError):
-                dom.destroy()
-            dom.undefine()
-        operator.close()
-        parts.shutdown_executors()
 
 
 def domain_events(rec: ReceiverProc) -> list[dict[str, Any]]:
@@ -160,7 +96,7 @@ def test_burst_with_receiver_restart_ends_in_true_state_with_bounded_memory(
     first.wait_ready()
     pairs = 5000
 
-    async def scenario() -> tuple[Rig, int, int, float]:
+    async def scenario() -> tuple[RelayRig, int, int, float]:
         async with rig(first.socket_path) as r:
             await r.op("define")
             await r.op("create")

@@ -22,7 +22,9 @@ import libvirt
 from launcher import flags
 from launcher._proto.kubevirt.cmd.v1 import cmd_pb2, cmd_pb2_grpc
 from launcher.flags import Options
-from launcher.libvirt.connection import ensure_event_loop
+from launcher.libvirt.connection import Connection, ensure_event_loop
+from launcher.notify.notifier import Notifier
+from launcher.notify.relay import DomainRelay
 from launcher.paths import derive
 from launcher.wiring import Components, build
 
@@ -179,3 +181,65 @@ async def synced_rig() -> AsyncIterator[SyncedRig]:
             yield SyncedRig(name, domain, root, parts.paths.cmd_socket, channel, virsh)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_domain_xml(name: str) -> str:
+    return (f"<domain type='test'><name>{name}</name><uuid>{uuid.uuid4()}</uuid>"
+            "<memory>1024</memory><os><type>hvm</type></os>"
+            "<devices><disk type='file' device='disk'><source file='/guest/d1'/>"
+            "<target dev='vda' bus='virtio'/></disk></devices></domain>")
+
+
+@dataclass
+class RelayRig:
+    domain: str
+    conn: Connection
+    notifier: Notifier
+    relay: DomainRelay
+    operator: Any  # a separate libvirt connection: the "virt-handler"/user acting on it
+
+    async def op(self, action: str) -> None:
+        """Act on the domain from the operator's connection, off the loop."""
+        loop = asyncio.get_running_loop()
+
+        def act() -> None:
+            if action == "define":
+                self.operator.defineXML(test_domain_xml(self.domain))
+            else:
+                getattr(self.operator.lookupByName(self.domain), action)()
+
+        await loop.run_in_executor(None, act)
+
+
+@contextlib.asynccontextmanager
+async def relay_rig(socket_path: str) -> AsyncIterator[RelayRig]:
+    ensure_event_loop()
+    name = f"pvl-{uuid.uuid4().hex[:10]}"
+    root = os.path.dirname(socket_path)
+    opts = flags.parse(["--name", name, "--namespace", "default", "--uid", "uid-1",
+                        "--runtime-root", root], environ={})
+    # The launcher's own wiring (launcher.wiring); only the relay's part is run here.
+    parts = build(opts, derive(opts), uri=TEST_URI, with_daemons=False, notify_socket=socket_path)
+    domain, conn, notifier, relay = opts.domain_name, parts.conn, parts.notifier, parts.relay
+    await conn.connect()
+    await relay.attach(conn.conn)
+    operator = libvirt.open(TEST_URI)
+    tasks = [asyncio.create_task(notifier.run()), asyncio.create_task(conn.run())]
+    try:
+        yield RelayRig(domain, conn, notifier, relay, operator)
+    finally:
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        await notifier.close()
+        await relay.detach()
+        await conn.close()
+        with contextlib.suppress(libvirt.libvirtError):
+            dom = operator.lookupByName(domain)
+            with contextlib.suppress(libvirt.libvirtError):
+                dom.destroy()
+            dom.undefine()
+        operator.close()
+        parts.shutdown_executors()
