@@ -24,8 +24,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_MIB = 15.0
-# Idle like a launcher whose VM runs; SIGTERM (the default action) ends it.
-FAKE_LAUNCHER = "#!/bin/sh\nexec sleep 600\n"
+# Idle like a launcher whose VM runs; SIGTERM (the default action) ends it. The monitor
+# starts the launcher with its termination signals blocked (the real one unblocks them once
+# its handlers exist): this stand-in unblocks them at once.
+FAKE_LAUNCHER = ("#!/usr/bin/python3\nimport signal, time\n"
+                 "signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, "
+                 "signal.SIGQUIT, signal.SIGHUP})\ntime.sleep(600)\n")
 
 
 def status_kib(pid: int, field: str) -> int:
