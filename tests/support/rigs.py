@@ -223,23 +223,19 @@ async def relay_rig(socket_path: str) -> AsyncIterator[RelayRig]:
     domain, conn, notifier, relay = opts.domain_name, parts.conn, parts.notifier, parts.relay
     await conn.connect()
     await relay.attach(conn.conn)
-    operator = libvirt.open(TEST_URI)
-    tasks = [asyncio.create_task(notifier.run()), asyncio.create_task(conn.run())]
     try:
-        yield RelayRig(domain, conn, notifier, relay, operator)
+        async with operator(TEST_URI, domain=domain) as op:
+            tasks = [asyncio.create_task(notifier.run()), asyncio.create_task(conn.run())]
+            try:
+                yield RelayRig(domain, conn, notifier, relay, op)
+            finally:
+                for t in tasks:
+                    t.cancel()
+                for t in tasks:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await t
+                await notifier.close()
+                await relay.detach()
+                await conn.close()
     finally:
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
-        await notifier.close()
-        await relay.detach()
-        await conn.close()
-        with contextlib.suppress(libvirt.libvirtError):
-            dom = operator.lookupByName(domain)
-            with contextlib.suppress(libvirt.libvirtError):
-                dom.destroy()
-            dom.undefine()
-        operator.close()
         parts.shutdown_executors()
