@@ -44,11 +44,14 @@ def test_agent_cache_freeze_exec_and_a_contract_only_client(
     cmd = Cmd.of(inst)
 
     # The cache fills from the agent: OS, hostname, filesystems; interfaces in the domain.
+    # fsInfo is always present (disks null until the agent lists one), and the first fsinfo
+    # poll can run before the guest's init has mounted /mnt/data: wait for that mount.
     def filled() -> dict[str, Any] | None:
         info = cmd.guest_info()
+        mounts = [d.get("mountPoint") for d in info.get("fsInfo", {}).get("disks") or []]
         return info if info.get("guestAgentVersion") and info.get("hostname") \
-            and info.get("fsInfo") else None
-    info = wait_for(filled, 90, interval=0.2, what="agent data in the cache")
+            and "/mnt/data" in mounts else None
+    info = wait_for(filled, 90, interval=0.2, what="agent data with /mnt/data in the cache")
     assert info["hostname"] == "testguest"
     assert info["os"]["id"] == "pvlguest" and info["os"]["name"] == "PVL Test Guest"
     disks = info["fsInfo"]["disks"]
