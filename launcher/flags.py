@@ -62,6 +62,7 @@ class Options(NamedTuple):
     virtlogd: str
     launcher_binary: str
     launcher_stop_timeout_s: float | None  # None: derived from launcher.shutdown_budget
+    hook_timeout_s: float = 60.0  # each hook sidecar call (KubeVirt: a minute)
 
     @property
     def domain_name(self) -> str:
@@ -174,6 +175,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     a("--virtlogd", default="/usr/sbin/virtlogd", metavar="PATH", help="virtlogd binary")
     a("--launcher-binary", default="", metavar="PATH",
       help="(monitor) the virt-launcher to start (default: beside the monitor, else PATH)")
+    a("--hook-timeout", type=_interval, default=60.0, metavar="DURATION",
+      help="deadline of each hook sidecar call (default 1m, as KubeVirt's)")
     a("--launcher-stop-timeout", type=_duration, default=None, metavar="DURATION",
       help="(monitor) how long the launcher may take to exit after a forwarded signal "
            "before it is SIGKILLed (default: the grace period plus every deadline the "
@@ -260,6 +263,7 @@ def parse(argv: Sequence[str], prog: str = "virt-launcher",
         virtlogd=ns.virtlogd,
         launcher_binary=ns.launcher_binary,
         launcher_stop_timeout_s=ns.launcher_stop_timeout,
+        hook_timeout_s=ns.hook_timeout,
     )
 
 

@@ -59,6 +59,11 @@ class Paths(NamedTuple):
         return os.path.join(self.share_dir, "domain-notify-pipe.sock")
 
     @property
+    def hooks_dir(self) -> str:
+        """KubeVirt's hook sidecar sockets: <dir>/<socket>, one <dir> per sidecar."""
+        return reroot(self.root, "/var/run/kubevirt-hooks")
+
+    @property
     def private_dir(self) -> str:
         return reroot(self.root, "/var/run/kubevirt-private")
 

@@ -25,6 +25,9 @@ DELETE_WAIT_AFTER_KILL_S = 30.0
 # one), then the launcher undefines the domain itself and waits for it to be gone.
 STANDALONE_DELETE_WAIT_S = 2.0
 STANDALONE_UNDEFINE_S = 10.0
+# The hook sidecars' Shutdown calls, all of them (started when QEMU exits, alongside the
+# wait for the deletion; counted whole for a launcher that ends without a VM).
+HOOK_SHUTDOWN_S = 10.0
 # Delivering the last snapshots to virt-handler's notify socket.
 FINAL_NOTIFY_TIMEOUT_S = 10.0
 # The command server's stop (in-flight rpcs get this long).
@@ -45,7 +48,7 @@ def delete_wait_s() -> float:
 def after_grace_s() -> float:
     """Worst case from the end of the grace period to the launcher's exit."""
     return (DESTROY_TIMEOUT_S + QEMU_SIGNAL_STEPS * QEMU_SIGNAL_WAIT_S + LIBVIRT_CATCH_UP_S
-            + delete_wait_s() + FINAL_NOTIFY_TIMEOUT_S + CMD_SERVER_STOP_S
+            + delete_wait_s() + HOOK_SHUTDOWN_S + FINAL_NOTIFY_TIMEOUT_S + CMD_SERVER_STOP_S
             + DAEMON_STOP_DEADLINE_S)
 
 

@@ -52,6 +52,7 @@ from launcher.shutdown_budget import (
     CMD_SERVER_STOP_S,
     DAEMON_STOP_DEADLINE_S,
     FINAL_NOTIFY_TIMEOUT_S,
+    HOOK_SHUTDOWN_S,
 )
 from launcher.state import State
 from launcher.vm.errors import StandaloneError, SyncAborted, SyncError
@@ -135,6 +136,8 @@ class Launcher:
         self.agent = self.parts.agent
         self.freeze = self.parts.freeze
         self.syncer = self.parts.syncer
+        self.hooks = self.parts.hooks
+        self._hooks_stop: asyncio.Task[None] | None = None
         self.commands = self.parts.commands
         self.cmd_server = self.parts.cmd_server
         self.vm_shutdown = VmShutdown(
@@ -246,6 +249,9 @@ class Launcher:
     async def _lifecycle(self, tg: asyncio.TaskGroup) -> None:
         notifier_task: asyncio.Task[None] | None = None
         agent_task: asyncio.Task[None] | None = None
+        # The hook sidecars are collected while the daemons start; a Sync waits for them,
+        # the command socket (readiness) does not.
+        tg.create_task(self.hooks.run(), name="hook-sidecars")
         try:
             if not await self._until_shutdown(tg.create_task(self.daemons.all_ready())):
                 return
@@ -286,6 +292,9 @@ class Launcher:
             exited = tg.create_task(qemu_watch.wait_exit(pid), name="qemu-watch")
             if not await self._until_shutdown(exited, cancel=False):
                 await self.vm_shutdown.graceful(pid, exited)
+            # As KubeVirt: the sidecars hear of the end once QEMU is gone, before the wait
+            # for the domain's deletion (which this does not hold up).
+            self._stop_hooks()
             await self.vm_shutdown.after_qemu_exit(pid)
         finally:
             if agent_task is not None:
@@ -389,9 +398,23 @@ class Launcher:
                 self.agent.start()
 
     # --- stopping ---------------------------------------------------------------------------
+    def _stop_hooks(self) -> None:
+        if self._hooks_stop is None:
+            self._hooks_stop = asyncio.ensure_future(self.hooks.shutdown(HOOK_SHUTDOWN_S))
+
     async def _teardown(self, notifier_task: asyncio.Task[None] | None) -> None:
         self.state = State.STOPPING
         self._log.info("stopping", signals=[s.name for s in self.signals])
+        self._stop_hooks()
+        assert self._hooks_stop is not None
+        try:
+            # shutdown() keeps its own deadline; this one only guards against a bug there
+            async with asyncio.timeout(HOOK_SHUTDOWN_S + 1):
+                await self._hooks_stop
+        except TimeoutError:
+            self._log.error("hook sidecars' Shutdown overran its deadline",
+                            deadline_s=HOOK_SHUTDOWN_S)
+        await self.hooks.close()
         if notifier_task is not None:
             if not await self.notifier.flush(FINAL_NOTIFY_TIMEOUT_S):
                 self._log.warning("final notify not delivered in time",

@@ -5,8 +5,8 @@ disk preparation that stays in-process).
 
     daemons (virtlogd, libvirt) -> conn, agent_conn (libvirt connections: one for the
     guest agent, whose calls may wait seconds) -> relay (the domain's state, libvirt
-    events -> notifier) -> agent poller + cache -> freeze manager -> syncer -> the command
-    API's handlers -> the command server
+    events -> notifier) -> agent poller + cache -> freeze manager -> hook sidecars ->
+    syncer -> the command API's handlers -> the command server
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from launcher.flags import Options
 from launcher.guest import info as guest_info
 from launcher.guest.freeze import FreezeManager
 from launcher.guest.poller import AgentCache, AgentPoller, groups_from
+from launcher.hooks.manager import HookManager
 from launcher.libvirt.connection import Connection
 from launcher.libvirt.daemons import DaemonSet
 from launcher.notify.notifier import Notifier
@@ -51,6 +52,7 @@ class Components:
     agent_cache: AgentCache
     agent: AgentPoller
     freeze: FreezeManager
+    hooks: HookManager
     syncer: Syncer
     commands: Commands
     cmd_server: CmdServer
@@ -96,8 +98,12 @@ def build(opts: Options, paths: Paths, *, uri: str | None = None, with_daemons: 
             relay.resync()
 
     freeze = freeze_cls(agent_conn, relay, on_status=fsfreeze_status, **(freeze_options or {}))
+    # Waiting for the sidecars stops once the launcher stops accepting syncs (a signal).
+    hooks = HookManager(paths.hooks_dir, opts.hook_sidecars, opts.qemu_timeout_s,
+                        call_timeout_s=opts.hook_timeout_s,
+                        stopping=lambda: not accepting_syncs())
     syncer = Syncer(opts=opts, paths=paths, conn=conn, domain=opts.domain_name,
-                    accepting=accepting_syncs, **(syncer_options or {}))
+                    accepting=accepting_syncs, hooks=hooks, **(syncer_options or {}))
     commands = Commands(opts, conn, relay, agent_cache, freeze, syncer=syncer, paths=paths,
                         agent_conn=agent_conn)
     cmd_server = CmdServer(init_socket=paths.cmd_init_socket, ready_socket=paths.cmd_socket,
@@ -105,5 +111,5 @@ def build(opts: Options, paths: Paths, *, uri: str | None = None, with_daemons: 
     return Components(opts=opts, paths=paths, executor=executor,
                       agent_executor=agent_executor, daemons=daemons, conn=conn,
                       agent_conn=agent_conn, notifier=notifier, relay=relay,
-                      agent_cache=agent_cache, agent=agent, freeze=freeze, syncer=syncer,
-                      commands=commands, cmd_server=cmd_server)
+                      agent_cache=agent_cache, agent=agent, freeze=freeze, hooks=hooks,
+                      syncer=syncer, commands=commands, cmd_server=cmd_server)

@@ -60,7 +60,7 @@ from launcher.converter.plan import (
 from launcher.vm import isos
 from launcher.vm.disk_error import DiskError
 
-__all__ = ["DiskError", "block_volumes", "prepare", "prepare_isolated"]
+__all__ = ["DiskError", "block_volumes", "prepare", "prepare_isolated", "resolve_cloud_init"]
 
 DIR_MODE = 0o750
 FILE_MODE = 0o640
@@ -167,14 +167,28 @@ def _empty_disk(prep: EmptyDisk, owner: Owner | None) -> None:
     _atomic_create(prep.volume, prep.path, owner, create)
 
 
+def resolve_cloud_init(prep: CloudInitIso, *, confine: Sequence[str]) -> CloudInitIso:
+    """`prep` with the secret data it refers to read now (confined as a preparation's
+    reads), so the data can be shown to a PreCloudInitIso hook before the ISO is built."""
+    for read in _reads(prep):
+        _confined(prep.volume, read, confine)
+    return _read_secrets(prep)
+
+
+def _read_secrets(prep: CloudInitIso) -> CloudInitIso:
+    if prep.user_data_files:  # userDataSecretRef: the secret's data, read now
+        prep = replace(prep, user_data=isos.first_file(prep.volume, prep.user_data_files),
+                       user_data_files=())
+    if prep.network_data_files:
+        prep = replace(prep, network_data=isos.first_file(prep.volume, prep.network_data_files),
+                       network_data_files=())
+    return prep
+
+
 def _cloud_init_iso(prep: CloudInitIso, owner: Owner | None) -> None:
     if prep.kind not in ("noCloud", "configDrive"):
         raise DiskError(prep.volume, f"unknown cloud-init data source {prep.kind!r}")
-    if prep.user_data_files:  # userDataSecretRef: the secret's data, read now
-        prep = replace(prep, user_data=isos.first_file(prep.volume, prep.user_data_files))
-    if prep.network_data_files:
-        prep = replace(prep, network_data=isos.first_file(prep.volume, prep.network_data_files))
-    label, files = isos.cloud_init_files(prep)
+    label, files = isos.cloud_init_files(_read_secrets(prep))
 
     def create(tmp: str) -> None:
         isos.write_iso(prep.volume, prep.path, label, files, tmp)

@@ -15,6 +15,11 @@ KubeVirt's SyncVMI, for the parts this launcher supports:
   differs from what the domain was started with is reported as needing a restart
   (launcher.vm.xmldiff). Live device hotplug is not done here (KubeVirt hotplugs volumes
   and interfaces).
+- hook sidecars (launcher.hooks): a sync first waits for them to be collected; before
+  anything is prepared, PreCloudInitIso sees the cloud-init data and OnDefineDomain the
+  domain XML of every definition (a start, and a running domain's new definition; the
+  latter only when its input changed since the last call, so virt-handler's periodic
+  re-syncs do not call every sidecar each time).
 - Syncs are serialized; each answers with a message saying what it did.
 Emulation: launcher.vm.kvm. STANDALONE_VMI: launcher.vm.standalone.
 """
@@ -22,6 +27,7 @@ Emulation: launcher.vm.kvm. STANDALONE_VMI: launcher.vm.standalone.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 import xml.etree.ElementTree as ET
@@ -33,8 +39,11 @@ import libvirt
 import structlog
 
 from launcher.converter import Conversion, ConversionError, ConvertOptions, convert
-from launcher.converter.plan import Prep
+from launcher.converter.plan import CloudInitIso, Prep
 from launcher.flags import Options
+from launcher.hooks.api import PRE_CLOUD_INIT_ISO
+from launcher.hooks.discovery import HookAborted, HookError
+from launcher.hooks.manager import HookManager
 from launcher.libvirt.connection import Connection
 from launcher.libvirt.errors import libvirt_message, unsupported_flags
 from launcher.paths import Paths, agent_socket_too_long
@@ -46,6 +55,7 @@ from launcher.vm.xmldiff import (
     KUBEVIRT_NS,
     balloon_period,
     canonical,
+    keep_generated_macs,
     kubevirt_metadata,
     restart_needed,
 )
@@ -88,7 +98,8 @@ class Syncer:
     def __init__(self, *, opts: Options, paths: Paths, conn: Connection, domain: str,
                  convert_fn: ConvertFn = convert, prepare_fn: PrepareFn = disks.prepare_isolated,
                  kvm_probe: ProbeFn = kvm_usable,
-                 accepting: Callable[[], bool] = lambda: True) -> None:
+                 accepting: Callable[[], bool] = lambda: True,
+                 hooks: HookManager | None = None) -> None:
         self.opts = opts
         self.paths = paths
         self.conn = conn
@@ -103,6 +114,10 @@ class Syncer:
         self._probe: tuple[bool, str] | None = None  # KVM does not come and go in a pod
         self._tcg_modes: frozenset[str] | None = None
         self._accepting = accepting
+        self._hooks = hooks if hooks is not None else HookManager("", 0, 0.0)
+        # (converted XML, VMI JSON) -> the XML the sidecars made of it, for the last
+        # definition of a running domain.
+        self._hooked: tuple[tuple[str, str], str, list[str]] | None = None
         self._lock = asyncio.Lock()
         # (libvirt domain id, inactive definition) of the start this launcher did: what
         # the running domain was started with, to tell what a later Sync changes.
@@ -149,6 +164,7 @@ class Syncer:
         return self._tcg_modes
 
     async def _sync(self, vmi: Mapping[str, Any], options: Any | None) -> SyncResult:
+        await self._hooks_ready()
         kvm_error: SyncError | None = None
         try:
             emulation = use_emulation(self.opts.allow_emulation, await self._kvm())
@@ -172,8 +188,10 @@ class Syncer:
                             f'launcher\'s "{self.domain}"')
         current = await self._libvirt("reading the domain", self._inspect)
         if current.active:
+            conversion, hooked_by = await self._on_define_domain(conversion, vmi, memo=True)
             updated: SyncResult = await self._libvirt(
-                "updating the running domain", self._update_running, conversion, current)
+                "updating the running domain" + _by(hooked_by), self._update_running,
+                conversion, current)
             return updated
         phase = _status_phase(vmi)
         if phase in RAN_PHASES:
@@ -183,14 +201,61 @@ class Syncer:
         if (too_long := agent_socket_too_long(self.paths, self.domain)) is not None:
             # libvirt's own error comes only after the disks were prepared, at start
             raise SyncError(too_long)
+        conversion = await self._pre_cloud_init_iso(conversion, vmi)
+        conversion, hooked_by = await self._on_define_domain(conversion, vmi, memo=False)
         self._check_accepting("preparing the disks")
         await self._prepare_disks(conversion.preps, str(_metadata(vmi).get("uid") or ""))
         # The disk preparation can take a while; a stop that came meanwhile wins.
         self._check_accepting("defining and starting the domain")
         paused = _start_paused(vmi)
         started: SyncResult = await self._libvirt(
-            "starting the domain", self._define_and_start, conversion, current, paused)
+            "starting the domain" + _by(hooked_by), self._define_and_start, conversion,
+            current, paused)
         return started
+
+    # --- hook sidecars ----------------------------------------------------------------------
+    async def _hooks_ready(self) -> None:
+        try:
+            await self._hooks.ready()
+        except HookAborted as exc:
+            raise SyncAborted(str(exc)) from None
+        except HookError as exc:
+            raise SyncError(str(exc)) from None
+
+    async def _on_define_domain(self, conversion: Conversion, vmi: Mapping[str, Any], *,
+                                memo: bool) -> tuple[Conversion, list[str]]:
+        """The conversion with the OnDefineDomain sidecars' XML, and who changed it. With
+        `memo`, an input identical to the last call's reuses its result."""
+        if not self._hooks.enabled:
+            return conversion, []
+        key = (conversion.xml, json.dumps(vmi, sort_keys=True))
+        if memo and self._hooked is not None and self._hooked[0] == key:
+            _, xml, changed = self._hooked
+            return replace(conversion, xml=xml), changed
+        try:
+            xml, changed = await self._hooks.on_define_domain(conversion.xml, vmi)
+        except HookError as exc:
+            raise SyncError(str(exc)) from None
+        self._hooked = (key, xml, changed)
+        return replace(conversion, xml=xml), changed
+
+    async def _pre_cloud_init_iso(self, conversion: Conversion,
+                                  vmi: Mapping[str, Any]) -> Conversion:
+        if not self._hooks.subscribed(PRE_CLOUD_INIT_ISO):
+            return conversion
+        preps = list(conversion.preps)
+        for i, prep in enumerate(preps):
+            if not isinstance(prep, CloudInitIso):
+                continue
+            try:
+                resolved = await asyncio.to_thread(disks.resolve_cloud_init, prep,
+                                                   confine=self._confine)
+                preps[i] = await self._hooks.pre_cloud_init_iso(resolved, vmi)
+            except disks.DiskError as exc:
+                raise SyncError(str(exc)) from None
+            except HookError as exc:
+                raise SyncError(str(exc)) from None
+        return replace(conversion, preps=tuple(preps))
 
     def _check_accepting(self, step: str) -> None:
         if not self._accepting():
@@ -291,7 +356,8 @@ class Syncer:
             # Started by someone else (or before a restart of ours): the persistent
             # definition is the best knowledge of what it runs with.
             started_with = current.xml or ""
-        new_xml: str = conn.defineXML(conversion.xml).XMLDesc(XML_FLAGS)
+        wanted = keep_generated_macs(conversion.xml, current.xml or "")
+        new_xml: str = conn.defineXML(wanted).XMLDesc(XML_FLAGS)
         restart = restart_needed(started_with, new_xml) if started_with else ["<unknown>"]
         live, failed = self._apply_live(dom, live_xml, new_xml)
         restart = sorted({*restart, *failed})
@@ -336,6 +402,11 @@ class Syncer:
                                   error=libvirt_message(exc))
                 failed.append("devices/memballoon")
         return applied, failed
+
+
+def _by(sidecars: list[str]) -> str:
+    """Names the sidecars whose XML libvirt judges, in its error."""
+    return f" (domain XML as modified by hook sidecars {', '.join(sidecars)})" if sidecars else ""
 
 
 def _metadata(vmi: Mapping[str, Any]) -> Mapping[str, Any]:

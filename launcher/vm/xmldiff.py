@@ -71,3 +71,27 @@ def balloon_period(xml: str) -> int | None:
         return int(stats.get("period", "0"))
     except ValueError:
         return None
+
+
+def keep_generated_macs(new: str, current: str) -> str:
+    """`new` with each interface that has no <mac> given the MAC of the interface with the
+    same alias in `current`. libvirt generates a MAC for such an interface at every define:
+    without this each re-sync of a running domain would save a different MAC (and report a
+    restart for it), though the guest keeps the one it booted with."""
+    root = ET.fromstring(new)
+    missing = [i for i in root.iterfind("devices/interface") if i.find("mac") is None]
+    if not missing or not current:
+        return new
+    macs = {}
+    for iface in ET.fromstring(current).iterfind("devices/interface"):
+        alias, mac = iface.find("alias"), iface.find("mac")
+        if alias is not None and mac is not None and alias.get("name"):
+            macs[alias.get("name")] = mac.get("address")
+    changed = False
+    for iface in missing:
+        alias = iface.find("alias")
+        address = macs.get(alias.get("name") if alias is not None else None)
+        if address:
+            iface.insert(0, ET.Element("mac", address=address))
+            changed = True
+    return ET.tostring(root, encoding="unicode") if changed else new

@@ -207,6 +207,26 @@ def test_sync_defines_starts_and_then_reports_what_needs_a_restart() -> None:
     run(scenario())
 
 
+def test_a_nic_without_a_mac_keeps_the_one_libvirt_generated_across_resyncs() -> None:
+    # libvirt picks a random MAC at each define of an interface without one: a periodic
+    # re-sync used to save a new MAC each time and report "devices/interface" for a restart.
+    async def scenario() -> None:
+        async with rig() as r:
+            doc = vmi_doc(r.name)
+            del doc["spec"]["domain"]["devices"]["interfaces"][0]["macAddress"]
+            assert (await r.sync(doc)).success
+            mac = (await r.xml()).find("devices/interface/mac")
+            assert mac is not None and mac.get("address")
+            for _ in range(2):
+                resp = await r.sync(doc)
+                assert (resp.success, resp.message) == (True, "no change")
+            saved = (await r.xml(libvirt.VIR_DOMAIN_XML_INACTIVE)).find(
+                "devices/interface/mac")
+            assert saved is not None and saved.get("address") == mac.get("address")
+
+    run(scenario())
+
+
 def test_virtual_machine_options_reach_the_domain() -> None:
     async def scenario() -> None:
         async with rig() as r:

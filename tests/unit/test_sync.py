@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -35,7 +36,7 @@ from launcher.vm.kvm import cpu_virt_missing, kvm_device_problem, kvm_usable, us
 from launcher.vm.options import disk_directories, options_from_request, pod_cpus
 from launcher.vm.standalone import adopt_identity, parse_standalone
 from launcher.vm.sync import Syncer
-from launcher.vm.xmldiff import restart_needed
+from launcher.vm.xmldiff import keep_generated_macs, restart_needed
 
 ARGS = ["--runtime-root", "/tmp/pvl-u", "--name", "vm1", "--namespace", "ns1", "--uid", "u-1"]
 OPTS = flags.parse(ARGS, environ={})
@@ -320,6 +321,30 @@ def test_restart_needed() -> None:
     added = BASE.replace("</devices>", "<rng model='virtio'/></devices>")
     assert restart_needed(BASE, added) == ["devices/rng"]
     assert restart_needed(added, BASE) == ["devices/rng"]
+
+
+def test_a_generated_mac_is_kept_across_definitions() -> None:
+    new = ("<domain><devices><interface type='user'><alias name='ua-default'/></interface>"
+           "<interface type='user'><mac address='52:54:00:00:00:09'/>"
+           "<alias name='ua-given'/></interface>"
+           "<interface type='user'><alias name='ua-added'/></interface></devices></domain>")
+    current = ("<domain><devices><interface type='user'><mac address='52:54:00:ab:cd:ef'/>"
+               "<alias name='ua-default'/></interface><interface type='user'>"
+               "<mac address='52:54:00:00:00:01'/><alias name='ua-given'/></interface>"
+               "</devices></domain>")
+    kept = ET.fromstring(keep_generated_macs(new, current))
+    macs = {i.find("alias").get("name"): (i.find("mac").get("address")  # type: ignore[union-attr]
+                                         if i.find("mac") is not None else None)
+            for i in kept.iterfind("devices/interface")}
+    # the one libvirt generated is kept; a given one stays as given; a new one gets none
+    assert macs == {"ua-default": "52:54:00:ab:cd:ef", "ua-given": "52:54:00:00:00:09",
+                    "ua-added": None}
+    assert keep_generated_macs(new, "") == new
+    every_mac = new.replace("<alias name='ua-default'/>",
+                            "<mac address='52:54:00:00:00:02'/><alias name='ua-default'/>")
+    every_mac = every_mac.replace("<alias name='ua-added'/>",
+                                  "<mac address='52:54:00:00:00:03'/><alias name='ua-added'/>")
+    assert keep_generated_macs(every_mac, current) == every_mac  # untouched text
 
 
 # --- the Syncer against a scripted libvirt ------------------------------------------------
