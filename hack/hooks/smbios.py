@@ -20,6 +20,8 @@ import asyncio
 import json
 import sys
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping
+from typing import Any
 
 from launcher.hooks.sidecar import (
     HookFailed,
@@ -41,7 +43,7 @@ FIELDS = {"Manufacturer": "manufacturer", "Product": "product", "Version": "vers
 AFTER_BASEBOARD = ("chassis", "processor", "memory", "oemStrings")
 
 
-def board_fields(vmi: dict[str, object]) -> dict[str, str]:
+def board_fields(vmi: Mapping[str, Any]) -> dict[str, str]:
     meta = vmi.get("metadata")
     annotations = meta.get("annotations") if isinstance(meta, dict) else None
     if not isinstance(annotations, dict):
