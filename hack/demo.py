@@ -4,7 +4,9 @@
 virt-launcher-monitor starts virt-launcher in a temporary runtime root with
 STANDALONE_VMI set to the demo VMI (the tiny test guest as a KubeVirt VMI: kernel boot from
 a kernel-boot container, a containerDisk data disk, a cloud-init NoCloud ISO, a slirp NIC,
-the guest agent channel). The launcher brings up virtlogd and libvirtd, relays libvirt
+the guest agent channel), with a hook sidecar: the SMBIOS example (hack/hooks/smbios.py) as
+its own process, setting the board vendor from the VMI's annotation; the guest reads it
+back. The launcher brings up virtlogd and libvirtd, relays libvirt
 events to a notify receiver (virt-launcher-events --act-as-virt-handler, standing in for
 virt-handler: it receives the snapshots and drives the end of the VM's life over the command
 socket as virt-handler does), serves KubeVirt's command API, and syncs the VMI itself:
@@ -46,6 +48,8 @@ from tests.support.harness import kill_all, processes_referencing, wait_for
 from tests.support.virt_handler import Verdict, replay
 
 BIN = Path(sys.executable).parent
+SMBIOS_ANNOTATION = "smbios.vm.kubevirt.io/baseBoardManufacturer"
+BOARD_VENDOR = "py-virt-launcher demo"
 
 
 def say(text: str = "") -> None:
@@ -211,9 +215,11 @@ def main() -> int:
     # --allow-emulation: KVM is unusable on these machines; the launcher probes it and
     # falls back to TCG (<domain type='qemu'>).
     args = ["--runtime-root", str(root), "--name", "demo", "--namespace", "default",
-            "--uid", uid, "--grace-period-seconds", "30", "--allow-emulation"]
+            "--uid", uid, "--grace-period-seconds", "30", "--allow-emulation",
+            "--hook-sidecars", "1"]
     paths = derive(flags.parse(args, environ={}))
     doc = vmi(name="demo", namespace="default", uid=uid)
+    doc["metadata"]["annotations"] = {SMBIOS_ANNOTATION: BOARD_VENDOR}
     ok = False
     procs: list[subprocess.Popen[bytes]] = []
     t_start = time.monotonic()
@@ -233,6 +239,15 @@ def main() -> int:
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
         procs.append(receiver)
         events = Events(receiver)
+
+        step("the hook sidecar, in its own directory of the hooks dir (as a sidecar "
+             "container's subPath mount): python -m hack.hooks.smbios")
+        sidecar_dir = Path(paths.hooks_dir) / "hook-sidecar-0"
+        sidecar_dir.mkdir(parents=True)
+        sidecar = subprocess.Popen(
+            [sys.executable, "-m", "hack.hooks.smbios", "--socket-dir", str(sidecar_dir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        procs.append(sidecar)
 
         step(f"STANDALONE_VMI=<the VMI above> virt-launcher-monitor {' '.join(args)}")
         with open(log, "wb") as out:
@@ -268,6 +283,13 @@ def main() -> int:
         say(f"    hostname {info['hostname']}, os {info['os']['prettyName']}, agent "
             f"{info['guestAgentVersion']}, filesystems {', '.join(mounts)}, "
             f"fsFreezeStatus {info['fsFreezeStatus']}")
+
+        step("what the guest sees of the hook sidecar (guest agent Exec)")
+        seen = launcher_log(log, seen)
+        vendor = cmd.exec("/bin/cat", "/sys/class/dmi/id/board_vendor").stdOut.strip()
+        say(f"    /sys/class/dmi/id/board_vendor in the guest: {vendor!r}")
+        if vendor != BOARD_VENDOR:
+            raise SystemExit(f"the guest sees board vendor {vendor!r}, not {BOARD_VENDOR!r}")
 
         step("Cmd.SyncVirtualMachine with the same VMI, then with more memory")
         say(f"    same VMI: {cmd.vmi_call('SyncVirtualMachine').message}")
@@ -315,6 +337,11 @@ def main() -> int:
         say(f"    monitor exited with {code} after {time.monotonic() - t2:.2f}s")
         receiver.terminate()
         receiver.wait(10)
+        try:
+            sidecar_code: int | None = sidecar.wait(10)
+        except subprocess.TimeoutExpired:
+            sidecar_code = None
+        say(f"    the hook sidecar got Shutdown; its exit status: {sidecar_code}")
         # As the tests look for them: command line or environment (tests.support.harness).
         left = processes_referencing(str(root))
         say(f"    processes left referencing the runtime root: {len(left)}")
@@ -327,7 +354,7 @@ def main() -> int:
         calls = [c["action"] for c in events.handler_calls() if c["success"]]
         say(f"    virt-handler's calls that succeeded: {', '.join(calls) or 'none'}")
         final = events.last_domain()
-        ok = (code == 0 and not left and final is not None
+        ok = (code == 0 and sidecar_code == 0 and not left and final is not None
               and final["domain"]["Status"]["Reason"] == "NonExistent"
               and "deletionTimestamp" in final["domain"]["ObjectMeta"]
               and view.phase == "Succeeded" and "Delete" in calls

@@ -130,12 +130,11 @@ def test_notifier_dials_only_the_configured_socket(
             n.submit_domain("ns_vm", build)  # type: ignore[arg-type]
             n.submit_k8s_event({"reason": "Started"})
             await until(lambda: len(rec.events()) >= 2, 15, "both events", task)
-            # The receiver goes away: the notifier retries (new channel, new handshake)
-            # for a second, still only at the configured path.
+            # The receiver goes away: the notifier retries (new channel, new handshake),
+            # still only at the configured path (a loaded machine may take a while).
             rec.stop()
             n.submit_k8s_event({"reason": "WhileDown"})
-            await asyncio.sleep(1.0)
-            assert n.stats.retries > 0, n.stats
+            await until(lambda: n.stats.retries > 1, 15, "retries", task)
         return n
 
     n = asyncio.run(scenario())
