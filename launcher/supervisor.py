@@ -2,12 +2,14 @@ r"""The launcher's top level: one TaskGroup owns the long-lived tasks; shutdown 
 machine with deadlines.
 
 The TaskGroup in run() owns: the daemons (each with its output pump, in the daemon set's
-own nested groups), the lifecycle, the two libvirt connections' keepers, the notifier, the
-agent poller (its workers in its own nested group), the wait for QEMU and its watch. The
-short-lived tasks outside it are owned and cancelled by the object that starts them: the
-command API's cache refreshes and memory dump (Commands.close in the teardown), the freeze
-manager's freeze/thaw and auto-thaw (FreezeManager.close), and the waits raced against a
-signal or a close (cancelled where they are raced: _until_shutdown, VmShutdown.graceful,
+own nested groups), the lifecycle, the hook sidecars' collection, the two libvirt
+connections' keepers, the notifier, the agent poller (its workers in its own nested group),
+the wait for QEMU and its watch. The short-lived tasks outside it are owned and cancelled by
+the object that starts them: the command API's cache refreshes and memory dump
+(Commands.close in the teardown), the freeze manager's freeze/thaw and auto-thaw
+(FreezeManager.close), the hook sidecars' Shutdown calls (started when QEMU exits, awaited
+with a deadline in the teardown), and the waits raced against a signal or a close
+(cancelled where they are raced: _until_shutdown, VmShutdown.graceful,
 Connection._until_stopped). gRPC's own tasks belong to its server and channels, stopped in
 the teardown.
 

@@ -72,13 +72,16 @@ class HookManager:
         try:
             await discovery.collect(self.hooks_dir, self.count, self.collect_timeout_s,
                                     self._stopping, found=self.sidecars)
+        except HookAborted as exc:
+            self._log.info("stopped waiting for hook sidecars", reason=str(exc))
+            _settle(done, exc)
+            return
         except HookError as exc:
             self._log.error("hook sidecars not collected", error=str(exc))
-            done.set_exception(exc)
+            _settle(done, exc)
             return
         except asyncio.CancelledError:
-            done.set_exception(HookAborted("the launcher stopped waiting for the hook "
-                                           "sidecars"))
+            _settle(done, HookAborted("the launcher stopped waiting for the hook sidecars"))
             raise
         for point in (ON_DEFINE_DOMAIN, PRE_CLOUD_INIT_ISO, SHUTDOWN):
             self._log.info("hook call order", hook_point=point,
@@ -193,6 +196,13 @@ class HookManager:
         channels, self._channels = list(self._channels.values()), {}
         for channel in channels:
             await channel.close()
+
+
+def _settle(done: asyncio.Future[None], exc: HookError) -> None:
+    """Fail the collection for every later `ready`. Marked as retrieved: a launcher that
+    never gets a Sync (it is stopping) must not log "exception never retrieved"."""
+    done.set_exception(exc)
+    done.exception()
 
 
 def _identity(xml: str) -> tuple[str, str]:

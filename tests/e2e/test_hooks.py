@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import pytest
 
 from launcher.exitcodes import ExitCode
 from tests.support.guest import Cmd, Receiver
-from tests.support.harness import Instance
+from tests.support.harness import Instance, wait_for
 from tests.support.hooks import SHIM_SIDECAR, SMBIOS_SIDECAR, TEST_SIDECAR, sidecars
 from tests.support.standalone import EMULATION, guest, stop_cleanly, wait_agent
 
@@ -105,5 +107,24 @@ def test_a_sidecar_that_never_comes_fails_the_standalone_vmi_and_starts_nothing(
         f"0 of 1 hook sidecars answered within 3 s (--qemu-timeout) in "
         f"{inst.paths.hooks_dir}; no other sidecar socket appeared"), errors
     assert not inst.logged("domain defined")  # nothing was defined or started
+    assert not list(Path(inst.paths.qemu_log_dir).glob("*.log"))
+    assert inst.leftovers() == []
+
+
+def test_sigterm_while_waiting_for_sidecars_ends_at_once(
+    make_instance: Callable[..., Instance],
+) -> None:
+    inst = make_instance(nonroot=False,
+                         extra_args=[*EMULATION, "--hook-sidecars", "2", "--qemu-timeout", "5m"])
+    inst.start(env={"STANDALONE_VMI": json.dumps(guest(inst))})
+    inst.wait_running(timeout=60)
+    wait_for(lambda: inst.logged("waiting for hook sidecars"), 10, what="the wait")
+    t0 = time.monotonic()
+    inst.signal(signal.SIGTERM)
+    assert inst.wait_exit(timeout=60) == 0, inst.tail()
+    took = time.monotonic() - t0
+    assert took < 15, took  # not the 5 minutes of --qemu-timeout
+    assert inst.logged("stopped waiting for hook sidecars")
+    assert inst.logged("STANDALONE_VMI not started: the launcher is shutting down")
     assert not list(Path(inst.paths.qemu_log_dir).glob("*.log"))
     assert inst.leftovers() == []
