@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_WORKERS ?= 4
 
-.PHONY: setup deps venv guest demo test lint unit integration e2e bench clean \
+.PHONY: setup deps venv guest demo test lint unit integration e2e bench bench-hooks clean \
 	image image-test image-clean
 
 setup: deps venv guest
@@ -53,6 +53,10 @@ image-clean:
 
 bench: setup
 	$(PY) -m hack.bench
+
+# The cost of hook sidecar calls (hack/bench_hooks.py): one JSON line.
+bench-hooks: setup
+	$(PY) -m hack.bench_hooks
 
 clean:
 	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache
