@@ -221,3 +221,122 @@ def test_signal_target_pod_cleanup_ends_a_prepared_target(pods: Pods) -> None:
     assert pods.target.proc.wait_exit(timeout=60) == 0, pods.target.proc.tail()
     # the source never noticed
     assert shell(pods.src_cmd, "echo fine").strip() == "fine"
+
+
+def start_migration(pods: Pods, uid: str, **options: Any) -> dict[str, Any]:
+    doc = migrating(pods.doc, uid=uid)
+    assert call(pods.tgt_cmd, "SyncMigrationTarget", doc).success
+    pods.proxy.start()
+    resp = call(pods.src_cmd, "MigrateVirtualMachine", doc,
+                options=json.dumps(options).encode())
+    assert resp.success, resp.message
+    pods.source_events.wait_domain(lambda e: migration_meta(e).get("UID") == uid, 30,
+                                   "the migration's start in the metadata")
+    return doc
+
+
+def failed_on_source(pods: Pods, what: str, timeout: float = 90) -> dict[str, Any]:
+    """The failed migration as virt-handler sees it; the guest still runs on the source,
+    the target pod ends (its incoming QEMU gone)."""
+    ended = pods.source_events.wait_domain(
+        lambda e: migration_meta(e).get("Failed") and migration_meta(e).get("EndTimestamp"),
+        timeout, what)
+    assert status(ended)[0] == "Running", status(ended)
+    assert shell(pods.src_cmd, "echo still here").strip() == "still here"
+    assert pods.target.proc.wait_exit(timeout=90) == 0, pods.target.proc.tail()
+    return migration_meta(ended)
+
+
+def test_no_progress_for_progress_timeout_aborts(pods: Pods) -> None:
+    start_migration(pods, "mig-stuck", Bandwidth="2Mi", ProgressTimeout=3)
+    # once the memory is being sent (the disk's copy comes first), the memory stream
+    # stops moving; the connection stays open
+    wait_for(lambda: any(r.get("memory_iteration") for r in
+                         pods.source.logged("migration progress")), 60,
+             what="the memory stream under way")
+    pods.proxy.hold(49152)
+    meta = failed_on_source(pods, "the stuck migration's failure")
+    pods.proxy.release()
+    assert meta["FailureReason"].startswith("Live migration stuck for "), meta
+
+
+def test_completion_timeout_aborts_without_post_copy(pods: Pods) -> None:
+    start_migration(pods, "mig-slow", Bandwidth="1Mi", CompletionTimeoutPerGiB=3)
+    meta = failed_on_source(pods, "the slow migration's failure")
+    assert meta["FailureReason"].startswith("Live migration is not completed after "), meta
+
+
+def test_completion_timeout_switches_to_post_copy_when_allowed(pods: Pods) -> None:
+    # a guest that dirties memory fast: a busybox loop rewriting a tmpfs file
+    shell(pods.src_cmd, "mkdir -p /run/dirty && mount -t tmpfs -o size=64m tmpfs /run/dirty"
+                        " && (while :; do dd if=/dev/urandom of=/run/dirty/f bs=1M "
+                        "count=48 2>/dev/null; done) > /dev/null 2>&1 &")
+    boot_id = shell(pods.src_cmd, "cat /proc/sys/kernel/random/boot_id").strip()
+    start_migration(pods, "mig-post", Bandwidth="2Mi", CompletionTimeoutPerGiB=3,
+                    AllowPostCopy=True)
+    done = pods.source_events.wait_domain(
+        lambda e: status(e) == ("Shutoff", "Migrated") and migration_meta(e).get(
+            "EndTimestamp"), 120, "Shutoff/Migrated after post-copy")
+    meta = migration_meta(done)
+    assert meta["Mode"] == "PostCopy" and meta["Failed"] is False, meta
+    pods.target_events.wait_domain(
+        lambda e: status(e)[0] == "Running" and migration_meta(e).get("EndTimestamp"),
+        60, "Running on the target")
+    assert shell(pods.tgt_cmd, "cat /proc/sys/kernel/random/boot_id").strip() == boot_id
+
+
+def test_the_proxy_going_away_fails_the_migration_and_the_guest_stays(pods: Pods) -> None:
+    start_migration(pods, "mig-cut", Bandwidth="2Mi")
+    time.sleep(2)
+    pods.proxy.stop()  # virt-handler's proxy (or the network) gone mid-migration
+    meta = failed_on_source(pods, "the cut migration's failure")
+    assert meta["FailureReason"], meta
+
+
+def test_sigterm_on_the_source_mid_migration_aborts_and_shuts_down_there(
+        pods: Pods) -> None:
+    start_migration(pods, "mig-term", Bandwidth="1Mi")
+    time.sleep(2)
+    pods.source.signal(signal.SIGTERM)
+    assert pods.source.wait_exit(timeout=120) == 0, pods.source.tail()
+    assert pods.source.logged("shutting down during a migration: aborting it first")
+    final = pods.source_events.wait_domain(
+        lambda e: status(e) == ("Shutoff", "Shutdown"), 30, "shut down on the source")
+    assert migration_meta(final).get("Failed") is True
+    assert pods.target.proc.wait_exit(timeout=90) == 0, pods.target.proc.tail()
+
+
+def target_processes(pods: Pods) -> list[psutil.Process]:
+    assert pods.target.proc.proc is not None
+    return psutil.Process(pods.target.proc.proc.pid).children(recursive=True)
+
+
+def all_gone(procs: list[psutil.Process]) -> bool:
+    return not [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+@pytest.mark.parametrize("victim", ["virt-launcher", "libvirtd"])
+def test_the_target_dying_mid_migration_leaves_the_guest_on_the_source(
+        pods: Pods, victim: str) -> None:
+    start_migration(pods, f"mig-kill-{victim}", Bandwidth="2Mi")
+    wait_for(lambda: any(r.get("memory_iteration") for r in
+                         pods.source.logged("migration progress")), 60,
+             what="the memory stream under way")
+    procs = target_processes(pods)
+    chosen = [p for p in procs if p.name() == victim or (
+        victim == "virt-launcher" and "virt-launcher" in " ".join(p.cmdline())
+        and "monitor" not in " ".join(p.cmdline()))]
+    assert chosen, [(p.name(), p.cmdline()) for p in procs]
+    chosen[0].kill()
+    ended = pods.source_events.wait_domain(
+        lambda e: migration_meta(e).get("Failed") and migration_meta(e).get("EndTimestamp"),
+        120, "the failed migration")
+    assert status(ended)[0] == "Running", status(ended)
+    assert shell(pods.src_cmd, "echo still here").strip() == "still here"
+    # nothing of the target pod stays: its monitor cleans up after a killed launcher; a
+    # restarted daemon kills the half-arrived QEMU, and the target launcher then ends
+    if victim == "libvirtd":
+        wait_for(lambda: pods.target.view.virsh("list", "--name").stdout.strip() == "",
+                 60, what="no domain left on the target")
+    pods.target.proc.wait_exit(timeout=90)
+    wait_for(lambda: all_gone(procs), 30, what="the target pod's processes gone")

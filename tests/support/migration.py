@@ -44,6 +44,8 @@ class MigrationProxy:
     _servers: list[socket.socket] = field(default_factory=list)
     _conns: list[socket.socket] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _held: set[int] = field(default_factory=set)  # ports whose data stops flowing
+    _flowing: threading.Condition = field(default_factory=threading.Condition)
     connections: int = 0
 
     def start(self) -> None:
@@ -53,16 +55,28 @@ class MigrationProxy:
         for port in MIGRATION_PORTS:
             name = f"{self.uid}-{port}-source.sock"
             pairs.append((proxy_dir / name, self.target_share / "migrationproxy" / name))
-        for listen, target in pairs:
+        for (listen, target), port in zip(pairs, (0, *MIGRATION_PORTS), strict=True):
             with contextlib.suppress(FileNotFoundError):
                 listen.unlink()
             srv = socket.socket(socket.AF_UNIX)
             srv.bind(str(listen))
             srv.listen(16)
             self._servers.append(srv)
-            threading.Thread(target=self._accept, args=(srv, str(target)), daemon=True).start()
+            threading.Thread(target=self._accept, args=(srv, str(target), port),
+                             daemon=True).start()
 
-    def _accept(self, srv: socket.socket, target: str) -> None:
+    def hold(self, *ports: int) -> None:
+        """Stop moving data on these streams (49152 memory, 49153 disks), connections
+        kept open: a migration that makes no progress."""
+        with self._flowing:
+            self._held.update(ports or MIGRATION_PORTS)
+
+    def release(self) -> None:
+        with self._flowing:
+            self._held.clear()
+            self._flowing.notify_all()
+
+    def _accept(self, srv: socket.socket, target: str, port: int) -> None:
         while True:
             try:
                 client, _ = srv.accept()
@@ -79,12 +93,13 @@ class MigrationProxy:
                 self._conns += [client, upstream]
                 self.connections += 1
             for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+                threading.Thread(target=self._pipe, args=(a, b, port), daemon=True).start()
 
-    @staticmethod
-    def _pipe(a: socket.socket, b: socket.socket) -> None:
+    def _pipe(self, a: socket.socket, b: socket.socket, port: int) -> None:
         try:
             while data := a.recv(1 << 16):
+                with self._flowing:
+                    self._flowing.wait_for(lambda: port not in self._held)
                 b.sendall(data)
         except OSError:
             pass
