@@ -89,11 +89,12 @@ class MigrationSource:
 
     # --- the rpcs ---------------------------------------------------------------------------
     async def migrate(self, vmi: Mapping[str, Any], options_json: bytes) -> str:
-        status = vmi.get("status") if isinstance(vmi.get("status"), dict) else {}
-        assert isinstance(status, dict)
+        raw_status = vmi.get("status")
+        status: Mapping[str, Any] = raw_status if isinstance(raw_status, dict) else {}
         cbt = status.get("changedBlockTracking")
-        if isinstance(cbt, dict) and cbt.get("backupStatus"):
-            name = (cbt.get("backupStatus") or {}).get("backupName", "")
+        backup = cbt.get("backupStatus") if isinstance(cbt, dict) else None
+        if backup:
+            name = backup.get("backupName", "") if isinstance(backup, dict) else ""
             raise MigrationError(f"cannot migrate VMI until backup {name} is completed")
         state = _migration_state(vmi)
         if state is None:
@@ -124,7 +125,8 @@ class MigrationSource:
         meta = MigrationMeta(uid=uid, start_timestamp=meta_mod.now(), mode=meta_mod.PRE_COPY)
         await meta_mod.write(self.access, meta)
         self.relay.resync()
-        vmi_uid = str((vmi.get("metadata") or {}).get("uid") or "")
+        metadata = vmi.get("metadata")
+        vmi_uid = str(metadata.get("uid") or "") if isinstance(metadata, dict) else ""
         target_state = state.get("targetState")
         target_uid = target_state.get("virtualMachineInstanceUID") if isinstance(
             target_state, dict) else None

@@ -45,6 +45,14 @@ _MIGRATING = {
 }
 
 
+def migration_state(vmi: Mapping[str, Any]) -> Mapping[str, Any]:
+    """status.migrationState, {} when absent or not an object (a malformed VMI is
+    answered, never a crash)."""
+    status = vmi.get("status")
+    state = status.get("migrationState") if isinstance(status, dict) else None
+    return state if isinstance(state, dict) else {}
+
+
 def arrived(state: tuple[int, int] | None) -> bool:
     """The migrated domain runs here (or stays paused as the source was)."""
     if state is None or state in _MIGRATING:
@@ -69,8 +77,7 @@ class MigrationTarget:
                                                 domain=domain)
 
     async def prepare(self, vmi: Mapping[str, Any], options: Any | None) -> str:
-        state = (vmi.get("status") or {}).get("migrationState") or {}
-        uid = state.get("migrationUid") if isinstance(state, dict) else None
+        uid = migration_state(vmi).get("migrationUid")
         await self.syncer.prepare_target(vmi, options)
         proxy_dir = os.path.join(self.paths.share_dir, "migrationproxy")
         os.makedirs(proxy_dir, mode=0o755, exist_ok=True)
@@ -105,8 +112,7 @@ class MigrationTarget:
 
     async def signal_cleanup(self, vmi: Mapping[str, Any]) -> str:
         me = self.env.get(POD_NAME_ENV, "")
-        state = (vmi.get("status") or {}).get("migrationState") or {}
-        target_pod = state.get("targetPod") if isinstance(state, dict) else None
+        target_pod = migration_state(vmi).get("targetPod")
         if not me or target_pod != me:
             return ""
         running = await self.access.state() if self.access.connected else None
