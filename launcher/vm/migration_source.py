@@ -237,8 +237,11 @@ class MigrationSource:
             run.meta = run.meta.with_(end_timestamp=meta_mod.now(),
                                       abort_status=meta_mod.ABORT_FAILED if aborted_late
                                       else run.meta.abort_status)
+            stats = await self._completed_stats()
             self._log.info("migration completed", migration_uid=uid, duration_s=took,
-                           mode=run.meta.mode)
+                           mode=run.meta.mode, downtime_ms=stats.get("downtime"),
+                           job_elapsed_ms=stats.get("time_elapsed"),
+                           data_processed_mib=int(stats.get("data_processed", 0)) // mo.MIB)
         else:
             reason = f"{run.abort_reason}: {error}" if run.aborting else error
             run.meta = run.meta.with_(
@@ -248,6 +251,17 @@ class MigrationSource:
             self._log.error("migration failed", migration_uid=uid, duration_s=took,
                             reason=reason)
         await self._write(run.meta)
+
+    async def _completed_stats(self) -> dict[str, Any]:
+        """libvirt's figures of the finished job (downtime, time elapsed); {} if gone."""
+        def read(dom: Any) -> dict[str, Any]:
+            stats: dict[str, Any] = dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
+            return stats
+        try:
+            return await self.access.call(read)
+        except (libvirt.libvirtError, ConnectionError) as exc:
+            self._log.debug("no completed job statistics", error=str(exc))
+            return {}
 
     async def _monitor(self, run: _Running, opts: mo.MigrationOptions) -> None:
         """KubeVirt's migration monitor (legacy convergence): progress, timeouts, post-copy."""
