@@ -47,7 +47,7 @@ from typing import Any
 import libvirt
 import uvloop
 
-from hack import bench_monitor_rss, bench_relay
+from hack import bench_migration, bench_monitor_rss, bench_relay
 from hack.bench_cmd import (
     BenchError,
     agent_connected,
@@ -102,6 +102,10 @@ TARGETS: tuple[Target, ...] = (
            "Ping p50 <= 1 ms, 16 concurrent clients at 20 calls/s each"),
     Target("guestinfo_16_clients_paced_p50_ms", 1.0,
            "GetGuestInfo p50 <= 1 ms, 16 concurrent clients at 20 calls/s each"),
+    Target("migration_downtime_ms", 300.0, "live migration downtime <= 300 ms", 300.0,
+           "QEMU's default maximum downtime, which KubeVirt keeps"),
+    Target("migration_total_s", 10.0, "live migration of the 256 MiB test guest (TCG) "
+           "<= 10 s"),
 )
 
 # The figures the brief requires; the run "could not run" when one is missing.
@@ -115,7 +119,8 @@ EXTRA_FIGURES: tuple[str, ...] = (
     "daemons_ready_s", "daemons_alone_ready_s", "ping_p99_ms", "ping_16_clients_p50_ms",
     "guestinfo_p99_ms", "guestinfo_16_clients_p50_ms", "qemu_exit_notify_ms",
     "ping_16_clients_paced_p50_ms", "guestinfo_16_clients_paced_p50_ms",
-    "shutdown_forced_s",
+    "shutdown_forced_s", "migration_total_s", "migration_downtime_ms",
+    "migration_postcopy_total_s",
 )
 FIGURES = REQUIRED_FIGURES + EXTRA_FIGURES
 REQUIRED_KEYS: tuple[str, ...] = (
@@ -157,6 +162,15 @@ METHODS: dict[str, str] = {
                           "events seen by the relay per second",
     "shutdown_graceful_s": "hack/bench_cmd.py: SIGTERM to the monitor -> monitor exit, "
                            "guest honouring ACPI, booted to its agent",
+    "migration_total_s": "hack/bench_migration.py: two pods on this machine (the tests' "
+                         "target pod namespace, a stand-in proxy), the test guest booted "
+                         "to its agent: MigrateVirtualMachine -> the source's "
+                         "Shutoff/Migrated snapshot with EndTimestamp; block migration",
+    "migration_downtime_ms": "the same runs: libvirt's completed job statistics "
+                             "(downtime), from the source's 'migration completed' line",
+    "migration_postcopy_total_s": "hack/bench_migration.py: a guest dirtying a tmpfs in a "
+                                  "loop, 2 MiB/s, CompletionTimeoutPerGiB 3, AllowPostCopy "
+                                  "-> switch to post-copy and its end",
     "shutdown_forced_overshoot_s": "guest with pvl.ignore_acpi=1 booted to its agent, "
                                    "--grace-period-seconds N: SIGTERM -> monitor exit, "
                                    "minus N (shutdown_forced_s: without minus N)",
@@ -382,6 +396,17 @@ def cmd(s: Samples, runs: int) -> None:
 
     s.section("command socket, launcher RSS, graceful shutdown (hack/bench_cmd.py)",
               runs, one)
+
+
+def migration(s: Samples, runs: int) -> None:
+    def one(i: int) -> None:
+        for key, value in bench_migration.one_run(post_copy=False).items():
+            s.add(key, value)
+        if i == 0:  # one post-copy run: it takes a while by design
+            for key, value in bench_migration.one_run(post_copy=True).items():
+                s.add(key, value)
+
+    s.section("live migration (hack/bench_migration.py)", runs, one)
 
 
 # --- daemons alone --------------------------------------------------------------------------
@@ -659,6 +684,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         qemu_exit(s, opts.light_runs)
         forced_shutdown(s, opts.runs, opts.grace)
         cmd(s, opts.runs)
+        migration(s, opts.runs)
     if s.errors:
         log(f"in-process logs (relay, daemons alone) kept in {inproc_log}")
     else:

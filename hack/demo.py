@@ -11,7 +11,10 @@ events to a notify receiver (virt-launcher-events --act-as-virt-handler, standin
 virt-handler: it receives the snapshots and drives the end of the VM's life over the command
 socket as virt-handler does), serves KubeVirt's command API, and syncs the VMI itself:
 converts it to a domain, prepares the disks, defines and starts it. We wait for the guest
-agent, ask GetDomain and GetGuestInfo, Sync the VMI again over gRPC, freeze/thaw with
+agent, ask GetDomain and GetGuestInfo, Sync the VMI again over gRPC, live-migrate it to a
+second pod (the target pod in its own mount namespace with the same paths and its own
+libvirtd, virt-handler's migration proxy stood in for: tests/support/migration.py; the
+guest's uptime goes on there, the source pod ends) and go on with it there: freeze/thaw with
 virt-freezer, pause/resume, kill -9 libvirtd under the running VM, then end the pod as a
 cluster does: SIGTERM -> the domain is marked for graceful shutdown -> virt-handler's
 Shutdown -> the guest powers off (Shutoff/Shutdown: the VMI Succeeded) -> virt-handler's
@@ -24,6 +27,7 @@ Run as a module from the repository root: python -m hack.demo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -41,10 +45,12 @@ import psutil
 import yaml
 
 from launcher import flags
+from launcher._proto.kubevirt.cmd.v1 import cmd_pb2
 from launcher.paths import Paths, derive
 from tests.support import guest
 from tests.support.guestvm import AGENT_CHANNEL, stage, vmi
-from tests.support.harness import kill_all, processes_referencing, wait_for
+from tests.support.harness import Instance, kill_all, processes_referencing, wait_for
+from tests.support.migration import MigrationProxy, target_pod
 from tests.support.virt_handler import Verdict, replay
 
 BIN = Path(sys.executable).parent
@@ -222,6 +228,7 @@ def main() -> int:
     doc["metadata"]["annotations"] = {SMBIOS_ANNOTATION: BOARD_VENDOR}
     ok = False
     procs: list[subprocess.Popen[bytes]] = []
+    stack = contextlib.ExitStack()
     t_start = time.monotonic()
     try:
         step("the demo VMI (STANDALONE_VMI), its files staged as virt-handler mounts them")
@@ -298,6 +305,63 @@ def main() -> int:
         say(f"    320Mi: {cmd.vmi_call('SyncVirtualMachine', bigger).message}")
         seen = launcher_log(log, seen)
 
+        step("live migration to a second pod: the target pod (its own mount namespace, the "
+             "same paths, its own libvirtd), virt-handler's migration proxy stood in for")
+        target = stack.enter_context(target_pod(
+            Instance(root=root, nonroot=False, name="demo", namespace="default"),
+            # (no hook sidecar in this target pod: the domain XML comes from the source)
+            ["--uid", uid, "--grace-period-seconds", "30", "--allow-emulation"]))
+        stage(target.view.paths.container_disk_dir)
+        t_events = subprocess.Popen(
+            [str(BIN / "virt-launcher-events"), "--socket", target.view.paths.notify_socket,
+             "--act-as-virt-handler", target.view.paths.cmd_socket],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        procs.append(t_events)
+        target_events = Events(t_events)
+        target.proc.start(env={"POD_NAME": "virt-launcher-demo-target"})
+        assert target.proc.proc is not None
+        procs.append(target.proc.proc)
+        wait(lambda: target.proc.logged("launcher running"), 60, "the target launcher")
+        uptime0 = cmd.exec("/bin/cut", "-d ", "-f1", "/proc/uptime").stdOut.strip()
+        moving = json.loads(json.dumps(doc))
+        moving["status"] = {"phase": "Running", "migrationMethod": "BlockMigration",
+                            "migrationTransport": "Unix",
+                            "migrationState": {"migrationUid": "demo-migration",
+                                               "targetPod": "virt-launcher-demo-target"}}
+        t_cmd = Cmd(target.view.paths.cmd_socket, "demo", "default", uid, doc=moving)
+        say(f"    target: {t_cmd.vmi_call('SyncMigrationTarget', moving).message}")
+        proxy = MigrationProxy(source_share=Path(paths.share_dir),
+                               target_share=target.host(paths.share_dir),
+                               target_libvirt_socket=Path(target.view.paths.daemon_socket),
+                               uid=uid)
+        proxy.start()
+        t3 = time.monotonic()
+        source_cmd = Cmd(paths.cmd_socket, "demo", "default", uid, doc=moving)
+        resp = source_cmd.stub.MigrateVirtualMachine(cmd_pb2.MigrationRequest(
+            vmi=source_cmd.vmi, options=json.dumps({"Bandwidth": "0"}).encode()), timeout=60)
+        say(f"    source: {resp.message}")
+        events.wait(lambda e: e["domain"]["Status"]["Reason"] == "Migrated", 120,
+                    "Shutoff/Migrated on the source")
+        seen = launcher_log(log, seen)
+        say(f"    migrated in {time.monotonic() - t3:.1f}s; the source pod's virt-handler "
+            "stand-in deletes the source domain and the source pod ends:")
+        code = monitor.wait(timeout=90)
+        launcher_log(log, seen)
+        say(f"    source monitor exited with {code}")
+        proxy.stop()
+        target_events.wait(lambda e: agent_state(e) == "connected", 60,
+                           "the agent on the target")
+        uptime1 = t_cmd.exec("/bin/cut", "-d ", "-f1", "/proc/uptime").stdOut.strip()
+        say(f"    the guest on the target: uptime {uptime0} s before, {uptime1} s now "
+            "(the same boot)")
+        if float(uptime1) <= float(uptime0):
+            raise SystemExit("the guest's uptime did not go on after the migration")
+        # From here on the VM lives in the target pod.
+        monitor, events, cmd, log, seen = (target.proc.proc, target_events, t_cmd,
+                                           target.proc.log_path, 0)
+        paths = target.view.paths
+        seen = len(log.read_text(errors="replace").splitlines())
+
         step("virt-freezer (a Velero backup hook): freeze, status, unfreeze")
         freezer(paths, "--freeze", "--unfreezeTimeoutSeconds", "60")
         if json.loads(freezer(paths, "--status"))["fsFreezeStatus"] != "frozen":
@@ -363,6 +427,7 @@ def main() -> int:
              + f" in {time.monotonic() - t_start:.1f}s (full log: {log})")
     finally:
         cleanup(procs, root)
+        stack.close()
         if ok:
             shutil.rmtree(base, ignore_errors=True)
     return 0 if ok else 1

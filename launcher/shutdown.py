@@ -76,6 +76,9 @@ class VmShutdown:
         self._log.info("graceful shutdown", signals=[s.name for s in self._signals],
                        grace_period_s=grace)
         deadline = loop.time() + grace
+        # A migration in flight is aborted first: the VM is shut down where it runs, never
+        # left half moved (bounded: an abort that hangs leaves the rest of the grace).
+        await self.commands.migration.source.abort_for_shutdown(timeout_s=grace / 2)
         # A guest left frozen (a backup hook that never thawed) would not shut down cleanly
         # and must never stay frozen: thaw first, bounded.
         await self.freeze.thaw_if_frozen(timeout_s=min(20.0, grace / 2))
@@ -143,7 +146,9 @@ class VmShutdown:
     async def after_qemu_exit(self, pid: int | None) -> None:
         """Report QEMU's end at once, let libvirt catch up, then stay until the domain is
         deleted."""
-        if self.relay.destroy_noted:  # ours, or virt-handler's Kill at the deadline
+        if self.commands.migration.source.succeeded:  # the VM went to the target
+            reason = "Migrated"
+        elif self.relay.destroy_noted:  # ours, or virt-handler's Kill at the deadline
             reason = "Destroyed"
         elif self._guest_shutting_down or self._graceful:
             reason = "Shutdown"

@@ -147,6 +147,8 @@ class Launcher:
             commands=self.commands, standalone=self.standalone is not None,
             signals=self.signals, next_signal=self._next_signal, set_state=self._set_state)
         self.relay.listeners.append(self._on_domain_event)
+        # SignalTargetPodCleanup ends a migration target that has no domain, as a signal.
+        self.commands.migration.target.request_stop = self._request_stop
         self.qemu_pid: int | None = None
         self._log = structlog.get_logger().bind(domain=opts.domain_name)
 
@@ -159,6 +161,10 @@ class Launcher:
     def _on_signal(self, sig: signal.Signals) -> None:
         # Only record: the state machine logs and acts.
         self.signals.append(sig)
+        self._shutdown.set()
+        self._signalled.set()
+
+    def _request_stop(self) -> None:
         self._shutdown.set()
         self._signalled.set()
 

@@ -2,9 +2,9 @@
 
 One module per rpc family, assembled here: launcher.cmd.lifecycle, .agent (guest agent,
 Exec/GuestPing, freeze), .stats (stats and dirty rate), .dumps (memory dump, screenshot),
-.sync, .queries; their shared state and plumbing in launcher.cmd.base. The next families
-(migration, hotplug, backup) each get a module of their own, added to Commands.families
-and taken off UNSUPPORTED.
+.sync, .queries, .migration; their shared state and plumbing in launcher.cmd.base. The next
+families (hotplug, backup) each get a module of their own, added to Commands.families and
+taken off UNSUPPORTED.
 
 Semantics follow KubeVirt's cmd-server and LibvirtDomainManager (pkg/virt-launcher/virtwrap);
 each family's module says what its rpcs do (launcher.cmd.lifecycle: Pause, Unpause,
@@ -22,8 +22,9 @@ Shutdown, Kill, Delete, SoftReboot, Reset). Across them:
 - SyncVirtualMachine goes through launcher.vm.sync.Syncer (convert, prepare the disks, define
   and start; on a running domain, update the definition and say what needs a restart).
   Beyond KubeVirt, a VMI whose uid differs from --uid (another incarnation of the same
-  name) is refused. Migration, hotplug, SEV, backup, checkpoint and device rpcs answer
-  "<Rpc> is not supported by this launcher"; GetVMStats answers gRPC UNIMPLEMENTED.
+  name) is refused. Live migration: launcher.cmd.migration. Hotplug, SEV, backup,
+  checkpoint and device rpcs answer "<Rpc> is not supported by this launcher"; GetVMStats
+  answers gRPC UNIMPLEMENTED.
 
 Beyond KubeVirt, each documented where it happens: explicit "domain not running/paused"
 messages instead of libvirt's generic ones, Exec arguments JSON-encoded (KubeVirt splices
@@ -42,6 +43,7 @@ from launcher.cmd.agent import Agent
 from launcher.cmd.base import CMD_SERVICE, CmdContext, Family, unimplemented, unsupported
 from launcher.cmd.dumps import Dumps
 from launcher.cmd.lifecycle import Lifecycle
+from launcher.cmd.migration import Migration
 from launcher.cmd.queries import Queries
 from launcher.cmd.server import Handler
 from launcher.cmd.stats import Stats
@@ -56,8 +58,7 @@ from launcher.paths import Paths
 from launcher.vm.sync import Syncer
 
 UNSUPPORTED = (
-    "MigrateVirtualMachine", "SyncMigrationTarget", "CancelVirtualMachineMigration",
-    "SignalTargetPodCleanup", "FinalizeVirtualMachineMigration", "HotplugHostDevices",
+    "HotplugHostDevices",
     "SyncVirtualMachineCPUs", "SyncVirtualMachineMemory", "GetSEVInfo",
     "GetLaunchMeasurement", "InjectLaunchSecret", "BackupVirtualMachine",
     "RedefineCheckpoint", "GetDevices",
@@ -78,9 +79,10 @@ class Commands:
             agent_libvirt=DomainAccess(agent_conn or conn, relay.domain), relay=relay,
             agent=agent, freeze=freeze, syncer=syncer)
         self.lifecycle = Lifecycle(self.ctx)
+        self.migration = Migration(self.ctx)
         self.families: tuple[Family, ...] = (
             self.lifecycle, Agent(self.ctx), Stats(self.ctx), Dumps(self.ctx),
-            Sync(self.ctx), Queries(self.ctx),
+            Sync(self.ctx), Queries(self.ctx), self.migration,
         )
 
     def handlers(self) -> dict[str, Handler]:
@@ -116,3 +118,4 @@ class Commands:
             task.cancel()
         # Outcomes were logged where they happened; here only wait for the ends.
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.migration.close()

@@ -100,8 +100,8 @@ FIELDS: tuple[Field, ...] = (
     _i("spec.tolerations[]", SCHEDULING),
     _i("spec.topologySpreadConstraints[]", SCHEDULING),
     _i("spec.serviceAccountName", f"the pod's service account: {CLUSTER}"),
-    _i("spec.evictionStrategy", f"eviction and live migration: {CLUSTER} (this launcher "
-                                "does not migrate)"),
+    _i("spec.evictionStrategy", f"eviction and live migration: {CLUSTER} (which migrates "
+                                'when virt-handler asks: "Live migration")'),
     _h("spec.startStrategy", "Paused: a 10 s <bootmenu> as KubeVirt writes it (the launcher "
                              "starts the domain paused); other values refused"),
     _h("spec.terminationGracePeriodSeconds", "<kubevirt><graceperiod> in the domain "

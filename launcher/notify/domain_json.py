@@ -235,6 +235,30 @@ def kubevirt_metadata(root: ET.Element) -> dict[str, Any]:
         if marked is not None:
             g["MarkedForGracefulShutdown"] = (marked.text or "").strip() == "true"
         out["GracePeriod"] = g
+    migration = kv.find(f"{{{KUBEVIRT_NS}}}migration")
+    if migration is not None:
+        out["Migration"] = migration_json(migration)
+    return out
+
+
+# KubeVirt's MigrationMetadata: XML tag -> Go field name (its JSON in the snapshots)
+MIGRATION_FIELDS = (("uid", "UID"), ("startTimestamp", "StartTimestamp"),
+                    ("endTimestamp", "EndTimestamp"), ("failed", "Failed"),
+                    ("failureReason", "FailureReason"), ("abortStatus", "AbortStatus"),
+                    ("mode", "Mode"))
+
+
+def migration_json(el: ET.Element) -> dict[str, Any]:
+    """<kubevirt:migration>: virt-handler follows a migration by these (Failed is a plain
+    bool in Go: always present; the timestamps are *metav1.Time: absent when unset)."""
+    out: dict[str, Any] = {"Failed": False}
+    for tag, name in MIGRATION_FIELDS:
+        child = el.find(f"{{{KUBEVIRT_NS}}}{tag}")
+        text = (child.text or "").strip() if child is not None else ""
+        if tag == "failed":
+            out[name] = text == "true"
+        elif text:
+            out[name] = text
     return out
 
 

@@ -123,6 +123,10 @@ class DomainRelay:
         self.listeners: list[Callable[[DomainEvent], None]] = []
         # The agent cache's contribution to Status (Interfaces, OSInfo, FSFreezeStatus).
         self.guest_status: Callable[[], dict[str, Any]] | None = None
+        # Spec.Metadata.KubeVirt.Migration as the migration source holds it (KubeVirt's
+        # metadata cache): during a migration job libvirt refuses metadata writes, and
+        # virt-handler must still see an abort's progress. None: the domain's own.
+        self.migration_metadata: Callable[[], dict[str, Any] | None] | None = None
         # Set when our QEMU watch saw QEMU exit before libvirt reports it: snapshots then
         # say Shutoff with this reason instead of libvirt's stale "Running".
         self._qemu_exit_reason: str | None = None
@@ -351,6 +355,10 @@ class DomainRelay:
                 status, reason = "Shutoff", self._qemu_exit_reason
             spec = domain_json.spec_from_xml(read.xml)
             self._grace_period(spec)
+            migration = self.migration_metadata() if self.migration_metadata else None
+            if migration is not None:
+                spec.setdefault("Metadata", {}).setdefault("KubeVirt", {})[
+                    "Migration"] = migration
         uid = self.uid or spec.get("Metadata", {}).get("KubeVirt", {}).get("UID", "")
         guest = self.guest_status() if self.guest_status is not None else None
         doc = domain_json.build(name=self.name, namespace=self.namespace, uid=uid,

@@ -163,8 +163,32 @@ class Syncer:
                            "'maximum')", modes=sorted(self._tcg_modes))
         return self._tcg_modes
 
+    async def prepare_target(self, vmi: Mapping[str, Any], options: Any | None) -> Conversion:
+        """SyncMigrationTarget: everything a start does before the define (conversion,
+        hooks, the cloud-init ISO, overlays and disks, the private directory), so the
+        incoming migration finds every file the domain uses; nothing is defined (the
+        migration creates the domain). Raises SyncError."""
+        async with self._lock:
+            if not self._accepting():
+                raise SyncAborted("the launcher is shutting down; not preparing a target")
+            await self._hooks_ready()
+            conversion = await self._convert_vmi(vmi, options)
+            if (too_long := agent_socket_too_long(self.paths, self.domain)) is not None:
+                raise SyncError(too_long)
+            conversion = await self._pre_cloud_init_iso(conversion, vmi)
+            # KubeVirt calls OnDefineDomain here for the sidecars' side effects; the XML
+            # that runs is the one the source sends.
+            await self._on_define_domain(conversion, vmi, memo=False)
+            await self._prepare_disks(conversion.preps, str(_metadata(vmi).get("uid") or ""))
+            return conversion
+
     async def _sync(self, vmi: Mapping[str, Any], options: Any | None) -> SyncResult:
         await self._hooks_ready()
+        conversion = await self._convert_vmi(vmi, options)
+        current = await self._libvirt("reading the domain", self._inspect)
+        return await self._sync_converted(vmi, conversion, current)
+
+    async def _convert_vmi(self, vmi: Mapping[str, Any], options: Any | None) -> Conversion:
         kvm_error: SyncError | None = None
         try:
             emulation = use_emulation(self.opts.allow_emulation, await self._kvm())
@@ -186,7 +210,10 @@ class Syncer:
         if conversion.name != self.domain:  # launcher.cmd.vmi refused this already
             raise SyncError(f'the VMI converts to domain "{conversion.name}", not this '
                             f'launcher\'s "{self.domain}"')
-        current = await self._libvirt("reading the domain", self._inspect)
+        return conversion
+
+    async def _sync_converted(self, vmi: Mapping[str, Any], conversion: Conversion,
+                              current: _Current) -> SyncResult:
         if current.active:
             conversion, hooked_by = await self._on_define_domain(conversion, vmi, memo=True)
             updated: SyncResult = await self._libvirt(

@@ -33,6 +33,9 @@ def full_samples(**override: list[float]) -> dict[str, list[float]]:
         "shutdown_graceful_s": [2.5, 2.4, 2.6],
         "shutdown_forced_s": [3.8, 3.9, 3.7],
         "shutdown_forced_overshoot_s": [0.8, 0.9, 0.7],
+        "migration_total_s": [1.7, 1.6, 1.75],
+        "migration_downtime_ms": [230.0, 175.0, 245.0],
+        "migration_postcopy_total_s": [8.4],
     }
     base.update(override)
     return base
@@ -89,7 +92,8 @@ def test_targets_all_met() -> None:
     assert relay["limit"] == round(3 * 2.1 + 2, 3)
     assert out["kubevirt_budgets_met"] == {"monitor_rss_mib": True,
                                            "launcher_rss_mib": True,
-                                           "qemu_exit_detect_ms": True}
+                                           "qemu_exit_detect_ms": True,
+                                           "migration_downtime_ms": True}
     assert out["targets"]["qemu_exit_detect_ms"]["kubevirt_budget"] == 1000.0
 
 
@@ -100,6 +104,8 @@ def test_targets_all_met() -> None:
     ("qemu_exit_detect_ms", [150.0]),
     ("shutdown_forced_overshoot_s", [2.5]),
     ("relay_p99_ms", [9.0]),  # limit 3 * 2.1 + 2 = 8.3
+    ("migration_downtime_ms", [310.0]),
+    ("migration_total_s", [12.0]),
 ])
 def test_a_missed_target_is_data(figure: str, values: list[float]) -> None:
     out = assemble(full_samples(**{figure: values}))

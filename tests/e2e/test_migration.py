@@ -1,0 +1,342 @@
+"""Live migration end to end on one machine: two VM pods (tests/support/migration.py: the
+target pod in a mount namespace of its own with the same paths), each with its own
+launcher, libvirt daemon and virtlogd; a stand-in for virt-handler's migration proxy
+between them; the test guest (TCG) with its containerDisk overlay block-migrated. The
+requests are the ones virt-handler sends (the VMI with status.migrationState, the options
+JSON with Go field names); what virt-handler would conclude is read from both launchers'
+notify snapshots."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from launcher._proto.kubevirt.cmd.v1 import cmd_pb2
+from tests.support.guest import Cmd, Receiver, agent_state, status
+from tests.support.harness import Instance, wait_for
+from tests.support.migration import MigrationProxy, TargetPod, target_pod
+from tests.support.standalone import EMULATION, guest, sync, wait_agent
+
+pytestmark = pytest.mark.e2e
+
+MIGRATION_UID = "mig-0001"
+TARGET_POD = "virt-launcher-testvm-target"
+
+
+def migrating(doc: dict[str, Any], uid: str = MIGRATION_UID) -> dict[str, Any]:
+    """The VMI as virt-handler sends it once a migration is scheduled."""
+    out: dict[str, Any] = json.loads(json.dumps(doc))
+    out["status"] = {"phase": "Running", "migrationMethod": "BlockMigration",
+                     "migrationTransport": "Unix",
+                     "migrationState": {"migrationUid": uid, "targetPod": TARGET_POD,
+                                        "sourcePod": "virt-launcher-testvm-source",
+                                        "targetNode": "node-b", "sourceNode": "node-a"}}
+    return out
+
+
+def call(cmd: Cmd, rpc: str, doc: dict[str, Any], **extra: Any) -> Any:
+    vmi = cmd_pb2.VMI(vmiJson=json.dumps(doc).encode())
+    if rpc == "MigrateVirtualMachine":
+        request: Any = cmd_pb2.MigrationRequest(vmi=vmi, **extra)
+    else:
+        request = cmd_pb2.VMIRequest(vmi=vmi)
+    return getattr(cmd.stub, rpc)(request, timeout=120)
+
+
+def migration_meta(event: dict[str, Any]) -> dict[str, Any]:
+    meta: dict[str, Any] = (event["domain"]["Spec"].get("Metadata", {}).get("KubeVirt", {})
+                            .get("Migration") or {})
+    return meta
+
+
+def shell(cmd: Cmd, script: str) -> str:
+    out = cmd.exec("/bin/sh", "-c", script)
+    assert out.response.success and out.exitCode == 0, out
+    return str(out.stdOut)
+
+
+class Pods:
+    def __init__(self, source: Instance, source_events: Receiver, target: TargetPod,
+                 target_events: Receiver, doc: dict[str, Any]) -> None:
+        self.source, self.source_events = source, source_events
+        self.target, self.target_events = target, target_events
+        self.doc = doc
+        self.src_cmd = Cmd.of(source)
+        self.tgt_cmd = Cmd.of(target.view)
+        self.proxy = MigrationProxy(
+            source_share=Path(source.paths.share_dir),
+            target_share=target.host(source.paths.share_dir),
+            target_libvirt_socket=Path(target.view.paths.daemon_socket),
+            uid=f"uid-{source.root.name}")
+
+    def close(self) -> None:
+        self.proxy.stop()
+        self.src_cmd.channel.close()
+        self.tgt_cmd.channel.close()
+
+
+@pytest.fixture
+def pods(make_instance: Callable[..., Instance],
+         receiver_for: Callable[..., Receiver]) -> Iterator[Pods]:
+    source = make_instance(nonroot=False, extra_args=EMULATION)
+    source_events = receiver_for(source)
+    doc = guest(source)
+    source.start()
+    source.wait_running(timeout=60)
+    resp = sync(source, doc)
+    assert resp.success, resp.message
+    wait_agent(source_events)
+    with target_pod(source, EMULATION) as target:
+        from tests.support.guestvm import stage  # noqa: PLC0415
+        stage(target.view.paths.container_disk_dir)  # the target node's container disks
+        target_events = receiver_for(target.view)
+        target.proc.start(env={"POD_NAME": TARGET_POD})
+        target.proc.wait_running(timeout=60)
+        p = Pods(source, source_events, target, target_events, doc)
+        try:
+            yield p
+        finally:
+            p.close()
+            print(f"\n===== target pod log ({target.proc.log_path}) =====")
+            print(target.proc.tail(300))
+
+
+def test_the_guest_moves_to_the_target_and_keeps_running(pods: Pods) -> None:
+    src, tgt = pods.src_cmd, pods.tgt_cmd
+    shell(src, "echo 41 > /mnt/data/counter && sync")
+    boot_id = shell(src, "cat /proc/sys/kernel/random/boot_id").strip()
+    uptime_before = float(shell(src, "cut -d' ' -f1 /proc/uptime"))
+    source_qemu = int(Path(pods.source.paths.qemu_pidfile).read_text())
+    doc = migrating(pods.doc)
+
+    resp = call(tgt, "SyncMigrationTarget", doc)
+    assert (resp.success, resp.message) == (True, "migration target prepared"), resp.message
+    assert pods.target.host(Path(pods.source.paths.share_dir) / "migrationproxy").is_dir()
+    pods.proxy.start()
+    t0 = time.monotonic()
+    options = json.dumps({"Bandwidth": "0", "ProgressTimeout": 150,
+                          "CompletionTimeoutPerGiB": 150, "UnsafeMigration": False,
+                          "AllowAutoConverge": False, "AllowPostCopy": False,
+                          "FutureField": {"x": 1}}).encode()
+    resp = call(src, "MigrateVirtualMachine", doc, options=options)
+    assert (resp.success, resp.message) == (True, f"migration {MIGRATION_UID} started"), \
+        resp.message
+    assert time.monotonic() - t0 < 5  # asynchronous: answered at once
+    # the same uid again while it runs: a no-op success
+    again = call(src, "MigrateVirtualMachine", doc, options=options)
+    assert again.success, again.message
+
+    # the source: Shutoff/Migrated, its metadata completed and not failed
+    done = pods.source_events.wait_domain(
+        lambda e: status(e) == ("Shutoff", "Migrated") and migration_meta(e).get(
+            "EndTimestamp"), 120, "Shutoff/Migrated with the migration's end")
+    meta = migration_meta(done)
+    assert meta["UID"] == MIGRATION_UID and meta["Failed"] is False
+    assert meta["Mode"] == "PreCopy" and meta["StartTimestamp"] <= meta["EndTimestamp"]
+    took = time.monotonic() - t0
+    print(f"migration took {took:.1f}s")
+    wait_for(lambda: not psutil.pid_exists(source_qemu), 30, what="the source QEMU gone")
+
+    # the target: Running with the agent, the metadata says it arrived
+    arrived = pods.target_events.wait_domain(
+        lambda e: status(e)[0] == "Running" and migration_meta(e).get("EndTimestamp")
+        and agent_state(e) == "connected", 120, "Running on the target with its agent")
+    assert migration_meta(arrived)["UID"] == MIGRATION_UID
+    # the same guest, still running: same boot, uptime went on, the disk's data came along
+    assert shell(tgt, "cat /proc/sys/kernel/random/boot_id").strip() == boot_id
+    assert float(shell(tgt, "cut -d' ' -f1 /proc/uptime")) > uptime_before
+    assert shell(tgt, "cat /mnt/data/counter").strip() == "41"
+    assert call(tgt, "FinalizeVirtualMachineMigration", doc).success
+    # the agent works on the target: guest info, freeze and thaw
+    info = json.loads(tgt.stub.GetGuestInfo(cmd_pb2.EmptyRequest(), timeout=10)
+                      .guestInfoResponse)
+    assert info.get("hostname") == "testguest" or info.get("guestAgentVersion"), info
+    assert tgt.freeze(60).success
+    assert tgt.vmi_call("UnfreezeVirtualMachine").success
+
+    # a finished migration's uid is not run twice
+    resp = call(src, "MigrateVirtualMachine", doc, options=options)
+    assert not resp.success and resp.message.startswith(
+        f"migration job {MIGRATION_UID} already executed"), resp.message
+
+    # virt-handler deletes the source's domain; the source pod ends
+    assert src.vmi_call("DeleteVirtualMachine").success
+    assert pods.source.wait_exit(timeout=60) == 0, pods.source.tail()
+    # the target pod ends normally on SIGTERM, the guest shut down there
+    pods.target.proc.signal(signal.SIGTERM)
+    assert pods.target.proc.wait_exit(timeout=90) == 0, pods.target.proc.tail()
+
+
+def test_cancel_keeps_the_guest_on_the_source(pods: Pods) -> None:
+    src, tgt = pods.src_cmd, pods.tgt_cmd
+    doc = migrating(pods.doc, uid="mig-cancel")
+    assert call(tgt, "SyncMigrationTarget", doc).success
+    pods.proxy.start()
+    # 1 MiB/s: the migration of 256 MiB takes minutes, plenty of time to cancel it
+    resp = call(src, "MigrateVirtualMachine", doc,
+                options=json.dumps({"Bandwidth": "1Mi"}).encode())
+    assert resp.success, resp.message
+    pods.source_events.wait_domain(lambda e: migration_meta(e).get("UID") == "mig-cancel",
+                                   30, "the migration's start in the metadata")
+    time.sleep(3)
+    resp = call(src, "CancelVirtualMachineMigration", doc)
+    assert (resp.success, resp.message) == (True, "aborting migration mig-cancel"), \
+        resp.message
+    ended = pods.source_events.wait_domain(
+        lambda e: migration_meta(e).get("Failed") and migration_meta(e).get("EndTimestamp"),
+        60, "the failed migration's metadata")
+    meta = migration_meta(ended)
+    assert meta["AbortStatus"] == "Succeeded", meta
+    assert meta["FailureReason"].startswith("Live migration aborted"), meta
+    # the guest keeps running on the source; the incoming QEMU on the target ended, and
+    # with it the target pod (as KubeVirt's target launcher: its QEMU is gone)
+    assert status(ended)[0] == "Running"
+    assert shell(src, "echo still here").strip() == "still here"
+    assert pods.target.proc.wait_exit(timeout=90) == 0, pods.target.proc.tail()
+    left = [p for p in pods.source.leftovers() if "target-pod" in " ".join(p.cmdline())]
+    assert left == []
+    # a later migration of the same VMI with a new uid may start again
+    assert src.vmi_call("PauseVirtualMachine").success  # (the guest is still ours)
+    assert src.vmi_call("UnpauseVirtualMachine").success
+
+
+def test_signal_target_pod_cleanup_ends_a_prepared_target(pods: Pods) -> None:
+    doc = migrating(pods.doc, uid="mig-unused")
+    assert call(pods.tgt_cmd, "SyncMigrationTarget", doc).success
+    # another pod's name: not us, nothing happens
+    other = json.loads(json.dumps(doc))
+    other["status"]["migrationState"]["targetPod"] = "virt-launcher-testvm-other"
+    resp = call(pods.tgt_cmd, "SignalTargetPodCleanup", other)
+    assert (resp.success, resp.message) == (True, ""), resp.message
+    assert pods.target.proc.proc is not None and pods.target.proc.proc.poll() is None
+    resp = call(pods.tgt_cmd, "SignalTargetPodCleanup", doc)
+    assert (resp.success, resp.message) == (True, "target pod cleanup"), resp.message
+    assert pods.target.proc.wait_exit(timeout=60) == 0, pods.target.proc.tail()
+    # the source never noticed
+    assert shell(pods.src_cmd, "echo fine").strip() == "fine"
+
+
+def start_migration(pods: Pods, uid: str, **options: Any) -> dict[str, Any]:
+    doc = migrating(pods.doc, uid=uid)
+    assert call(pods.tgt_cmd, "SyncMigrationTarget", doc).success
+    pods.proxy.start()
+    resp = call(pods.src_cmd, "MigrateVirtualMachine", doc,
+                options=json.dumps(options).encode())
+    assert resp.success, resp.message
+    pods.source_events.wait_domain(lambda e: migration_meta(e).get("UID") == uid, 30,
+                                   "the migration's start in the metadata")
+    return doc
+
+
+def failed_on_source(pods: Pods, what: str, timeout: float = 90) -> dict[str, Any]:
+    """The failed migration as virt-handler sees it; the guest still runs on the source,
+    the target pod ends (its incoming QEMU gone)."""
+    ended = pods.source_events.wait_domain(
+        lambda e: migration_meta(e).get("Failed") and migration_meta(e).get("EndTimestamp"),
+        timeout, what)
+    assert status(ended)[0] == "Running", status(ended)
+    assert shell(pods.src_cmd, "echo still here").strip() == "still here"
+    assert pods.target.proc.wait_exit(timeout=90) == 0, pods.target.proc.tail()
+    return migration_meta(ended)
+
+
+def test_no_progress_for_progress_timeout_aborts(pods: Pods) -> None:
+    start_migration(pods, "mig-stuck", Bandwidth="2Mi", ProgressTimeout=3)
+    # once the memory is being sent (the disk's copy comes first), the memory stream
+    # stops moving; the connection stays open
+    wait_for(lambda: any(r.get("memory_iteration") for r in
+                         pods.source.logged("migration progress")), 60,
+             what="the memory stream under way")
+    pods.proxy.hold(49152)
+    meta = failed_on_source(pods, "the stuck migration's failure")
+    pods.proxy.release()
+    assert meta["FailureReason"].startswith("Live migration stuck for "), meta
+
+
+def test_completion_timeout_aborts_without_post_copy(pods: Pods) -> None:
+    start_migration(pods, "mig-slow", Bandwidth="1Mi", CompletionTimeoutPerGiB=3)
+    meta = failed_on_source(pods, "the slow migration's failure")
+    assert meta["FailureReason"].startswith("Live migration is not completed after "), meta
+
+
+def test_completion_timeout_switches_to_post_copy_when_allowed(pods: Pods) -> None:
+    # a guest that dirties memory fast: a busybox loop rewriting a tmpfs file
+    shell(pods.src_cmd, "mkdir -p /run/dirty && mount -t tmpfs -o size=64m tmpfs /run/dirty"
+                        " && (while :; do dd if=/dev/urandom of=/run/dirty/f bs=1M "
+                        "count=48 2>/dev/null; done) > /dev/null 2>&1 &")
+    boot_id = shell(pods.src_cmd, "cat /proc/sys/kernel/random/boot_id").strip()
+    start_migration(pods, "mig-post", Bandwidth="2Mi", CompletionTimeoutPerGiB=3,
+                    AllowPostCopy=True)
+    done = pods.source_events.wait_domain(
+        lambda e: status(e) == ("Shutoff", "Migrated") and migration_meta(e).get(
+            "EndTimestamp"), 120, "Shutoff/Migrated after post-copy")
+    meta = migration_meta(done)
+    assert meta["Mode"] == "PostCopy" and meta["Failed"] is False, meta
+    pods.target_events.wait_domain(
+        lambda e: status(e)[0] == "Running" and migration_meta(e).get("EndTimestamp"),
+        60, "Running on the target")
+    assert shell(pods.tgt_cmd, "cat /proc/sys/kernel/random/boot_id").strip() == boot_id
+
+
+def test_the_proxy_going_away_fails_the_migration_and_the_guest_stays(pods: Pods) -> None:
+    start_migration(pods, "mig-cut", Bandwidth="2Mi")
+    time.sleep(2)
+    pods.proxy.stop()  # virt-handler's proxy (or the network) gone mid-migration
+    meta = failed_on_source(pods, "the cut migration's failure")
+    assert meta["FailureReason"], meta
+
+
+def test_sigterm_on_the_source_mid_migration_aborts_and_shuts_down_there(
+        pods: Pods) -> None:
+    start_migration(pods, "mig-term", Bandwidth="1Mi")
+    time.sleep(2)
+    pods.source.signal(signal.SIGTERM)
+    assert pods.source.wait_exit(timeout=120) == 0, pods.source.tail()
+    assert pods.source.logged("shutting down during a migration: aborting it first")
+    final = pods.source_events.wait_domain(
+        lambda e: status(e) == ("Shutoff", "Shutdown"), 30, "shut down on the source")
+    assert migration_meta(final).get("Failed") is True
+    assert pods.target.proc.wait_exit(timeout=90) == 0, pods.target.proc.tail()
+
+
+def target_processes(pods: Pods) -> list[psutil.Process]:
+    assert pods.target.proc.proc is not None
+    return psutil.Process(pods.target.proc.proc.pid).children(recursive=True)
+
+
+def all_gone(procs: list[psutil.Process]) -> bool:
+    return not [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+@pytest.mark.parametrize("victim", ["virt-launcher", "libvirtd"])
+def test_the_target_dying_mid_migration_leaves_the_guest_on_the_source(
+        pods: Pods, victim: str) -> None:
+    start_migration(pods, f"mig-kill-{victim}", Bandwidth="2Mi")
+    wait_for(lambda: any(r.get("memory_iteration") for r in
+                         pods.source.logged("migration progress")), 60,
+             what="the memory stream under way")
+    procs = target_processes(pods)
+    chosen = [p for p in procs if p.name() == victim or (
+        victim == "virt-launcher" and "virt-launcher" in " ".join(p.cmdline())
+        and "monitor" not in " ".join(p.cmdline()))]
+    assert chosen, [(p.name(), p.cmdline()) for p in procs]
+    chosen[0].kill()
+    ended = pods.source_events.wait_domain(
+        lambda e: migration_meta(e).get("Failed") and migration_meta(e).get("EndTimestamp"),
+        120, "the failed migration")
+    assert status(ended)[0] == "Running", status(ended)
+    assert shell(pods.src_cmd, "echo still here").strip() == "still here"
+    # nothing of the target pod stays: its monitor cleans up after a killed launcher; a
+    # restarted daemon kills the half-arrived QEMU, and the target launcher then ends
+    if victim == "libvirtd":
+        wait_for(lambda: pods.target.view.virsh("list", "--name").stdout.strip() == "",
+                 60, what="no domain left on the target")
+    pods.target.proc.wait_exit(timeout=90)
+    wait_for(lambda: all_gone(procs), 30, what="the target pod's processes gone")

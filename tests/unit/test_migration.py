@@ -1,0 +1,146 @@
+"""Live migration's pure parts: the options JSON as virt-handler sends it, KubeVirt's flags
+and parameters, the disks a block migration copies, the migration metadata in the domain
+XML and in the notify JSON, and when a target counts the domain as arrived."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+import libvirt
+import pytest
+
+from launcher.notify.domain_json import spec_from_xml
+from launcher.vm import migration_meta as mm
+from launcher.vm import migration_options as mo
+from launcher.vm.migration_target import arrived
+
+
+def test_options_from_virt_handlers_json() -> None:
+    raw = json.dumps({"Bandwidth": "64Mi", "ProgressTimeout": 30,
+                      "CompletionTimeoutPerGiB": 20, "MaxDowntimeMs": 300,
+                      "UnsafeMigration": True, "AllowAutoConverge": True,
+                      "AllowPostCopy": True, "ParallelMigrationThreads": 4,
+                      "AllowWorkloadDisruption": True, "Compression": "zstd",
+                      "StallDetectorOptions": None, "DowntimeTuning": {"x": 1},
+                      "SomethingNew": [1, 2]}).encode()
+    o = mo.parse_options(raw)
+    assert o == mo.MigrationOptions(bandwidth_mib_s=64, progress_timeout_s=30,
+                                    completion_timeout_per_gib_s=20, max_downtime_ms=300,
+                                    unsafe=True, auto_converge=True, post_copy=True,
+                                    parallel_threads=4, workload_disruption=True,
+                                    compression="zstd")
+    assert mo.parse_options(b"") == mo.MigrationOptions()
+    assert mo.parse_options(b'{"Bandwidth": "0"}').bandwidth_mib_s == 0
+    # KubeVirt's rounding: to the nearest MiB, at least 1
+    assert mo.parse_options(b'{"Bandwidth": "1500Ki"}').bandwidth_mib_s == 1
+    assert mo.parse_options(b'{"Bandwidth": "1600Ki"}').bandwidth_mib_s == 2
+    assert mo.parse_options(b'{"Bandwidth": "100Ki"}').bandwidth_mib_s == 1
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    (b"{", "options: not valid JSON"),
+    (b"[]", "options: expected a JSON object"),
+    (b'{"ProgressTimeout": "10"}', 'options.ProgressTimeout: expected a non-negative integer, '
+                                   'got "10"'),
+    (b'{"AllowPostCopy": 1}', "options.AllowPostCopy: expected true or false, got 1"),
+    (b'{"Bandwidth": "lots"}', "options.Bandwidth: "),
+])
+def test_bad_options_name_the_field(raw: bytes, message: str) -> None:
+    with pytest.raises(mo.MigrationOptionsError) as err:
+        mo.parse_options(raw)
+    assert str(err.value).startswith(message), str(err.value)
+
+
+def test_flags_as_kubevirt_derives_them() -> None:
+    base = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER
+            | libvirt.VIR_MIGRATE_PERSIST_DEST)
+    assert mo.flags(mo.MigrationOptions(), block=False, paused=False) == base
+    assert mo.flags(mo.MigrationOptions(), block=True, paused=True) == (
+        base | libvirt.VIR_MIGRATE_NON_SHARED_INC | libvirt.VIR_MIGRATE_PAUSED)
+    every = mo.MigrationOptions(unsafe=True, auto_converge=True, post_copy=True,
+                                parallel_threads=2, compression="zlib")
+    assert mo.flags(every, block=False, paused=False) == (
+        base | libvirt.VIR_MIGRATE_UNSAFE | libvirt.VIR_MIGRATE_AUTO_CONVERGE
+        | libvirt.VIR_MIGRATE_POSTCOPY | libvirt.VIR_MIGRATE_PARALLEL
+        | libvirt.VIR_MIGRATE_COMPRESSED)
+
+
+DOMAIN = """<domain type='qemu'><name>ns_vm</name>
+  <metadata><kubevirt:kubevirt xmlns:kubevirt='http://kubevirt.io'><kubevirt:uid>u-1</kubevirt:uid>
+  </kubevirt:kubevirt></metadata>
+  <devices>
+    <disk type='file' device='disk'><source file='/e/disk-data/datadisk/disk.qcow2'/>
+      <target dev='vda'/><alias name='ua-datadisk'/></disk>
+    <disk type='file' device='disk'><source file='/e/noCloud.iso'/><target dev='vdb'/>
+      <readonly/><alias name='ua-cloudinit'/></disk>
+    <disk type='file' device='cdrom'><target dev='sda'/><alias name='ua-cd'/></disk>
+    <disk type='network' device='disk'><target dev='vdc'/><alias name='ua-net'/></disk>
+    <disk type='block' device='disk'><source dev='/dev/pvc'/><target dev='vdd'/>
+      <alias name='ua-shared'/></disk>
+  </devices></domain>"""
+
+
+def test_disks_to_copy_and_params() -> None:
+    assert mo.disks_to_copy(DOMAIN) == ["vda", "vdd"]
+    assert mo.disks_to_copy(DOMAIN, frozenset({"shared"})) == ["vda"]
+    params = mo.params(xml=DOMAIN, domain="ns_vm", share_dir="/var/run/kubevirt",
+                       vmi_uid="u-1", target_uid="u-2",
+                       opts=mo.MigrationOptions(bandwidth_mib_s=8), copy_disks=["vda"])
+    assert params[libvirt.VIR_MIGRATE_PARAM_URI] == \
+        "unix:///var/run/kubevirt/migrationproxy/u-1-49152-source.sock"
+    assert params[libvirt.VIR_MIGRATE_PARAM_DISKS_URI] == \
+        "unix:///var/run/kubevirt/migrationproxy/u-1-49153-source.sock"
+    assert params[libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS] == ["vda"]
+    assert params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] == 8
+    assert params[libvirt.VIR_MIGRATE_PARAM_DEST_NAME] == "ns_vm"
+    # the target VMI's uid replaces ours everywhere in the XML
+    assert "u-2" in params[libvirt.VIR_MIGRATE_PARAM_DEST_XML]
+    assert "u-1" not in params[libvirt.VIR_MIGRATE_PARAM_PERSIST_XML]
+    plain = mo.params(xml=DOMAIN, domain="ns_vm", share_dir="/s", vmi_uid="u-1",
+                      target_uid=None, opts=mo.MigrationOptions(), copy_disks=[])
+    assert libvirt.VIR_MIGRATE_PARAM_BANDWIDTH not in plain
+    assert libvirt.VIR_MIGRATE_PARAM_DISKS_URI not in plain
+    assert mo.destination_uri("/s", "u-1", nonroot=False) == \
+        "qemu+unix:///system?socket=/s/migrationproxy/u-1-source.sock"
+    assert mo.destination_uri("/s", "u-1", nonroot=True) == \
+        "qemu+unix:///session?socket=/s/migrationproxy/u-1-source.sock"
+
+
+def test_migration_metadata_in_the_xml_and_the_notify_json() -> None:
+    meta = mm.MigrationMeta(uid="m-1", start_timestamp="2026-12-02T10:00:00Z",
+                            end_timestamp="2026-12-02T10:00:07Z", failed=True,
+                            failure_reason="stuck", abort_status="Succeeded")
+    text = mm.patched(DOMAIN, meta)
+    # the uid stays; the migration is added inside the same <kubevirt> element
+    kv = ET.fromstring(text)
+    assert kv.findtext("{http://kubevirt.io}uid") == "u-1"
+    domain = DOMAIN.replace("</kubevirt:kubevirt>",
+                            ET.tostring(mm.to_element(meta), encoding="unicode")
+                            + "</kubevirt:kubevirt>")
+    assert mm.read(domain) == meta
+    assert spec_from_xml(domain)["Metadata"]["KubeVirt"]["Migration"] == {
+        "UID": "m-1", "StartTimestamp": "2026-12-02T10:00:00Z",
+        "EndTimestamp": "2026-12-02T10:00:07Z", "Failed": True, "FailureReason": "stuck",
+        "AbortStatus": "Succeeded", "Mode": "PreCopy"}
+    running = mm.MigrationMeta(uid="m-2", start_timestamp="2026-12-02T10:00:00Z")
+    domain = DOMAIN.replace("</kubevirt:kubevirt>",
+                            ET.tostring(mm.to_element(running), encoding="unicode")
+                            + "</kubevirt:kubevirt>")
+    # a running migration: no end, Failed false (a Go bool is always there)
+    assert spec_from_xml(domain)["Metadata"]["KubeVirt"]["Migration"] == {
+        "UID": "m-2", "StartTimestamp": "2026-12-02T10:00:00Z", "Failed": False,
+        "Mode": "PreCopy"}
+    assert not mm.read(domain).ended  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("state", "expected"), [
+    (None, False),
+    ((libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_MIGRATION), False),
+    ((libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_RUNNING_POSTCOPY), False),
+    ((libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_RUNNING_MIGRATED), True),
+    ((libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_USER), True),
+    ((libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_FAILED), False),
+])
+def test_when_the_target_has_the_domain(state: tuple[int, int] | None, expected: bool) -> None:
+    assert arrived(state) is expected
