@@ -185,7 +185,13 @@ def test_cancel_keeps_the_guest_on_the_source(pods: Pods) -> None:
     assert resp.success, resp.message
     pods.source_events.wait_domain(lambda e: migration_meta(e).get("UID") == "mig-cancel",
                                    30, "the migration's start in the metadata")
-    time.sleep(3)
+    # the migration is visible while it runs: its progress in the snapshots, moving
+    progressing = pods.source_events.wait_domain(
+        lambda e: migration_meta(e).get("LauncherProgress", {}).get("DataProcessedBytes", 0)
+        > 2 * 1024 * 1024, 30, "progress figures in the snapshots")
+    progress = migration_meta(progressing)["LauncherProgress"]
+    assert progress["DataTotalBytes"] >= 256 * 1024 * 1024, progress
+    assert 0 < progress["DataRemainingBytes"] < progress["DataTotalBytes"], progress
     resp = call(src, "CancelVirtualMachineMigration", doc)
     assert (resp.success, resp.message) == (True, "aborting migration mig-cancel"), \
         resp.message
