@@ -167,6 +167,17 @@ class MigrationSource:
             async with asyncio.timeout(timeout_s):
                 await asyncio.shield(run.task)
 
+    async def settle(self, timeout_s: float) -> None:
+        """QEMU exited: a migration still running in our view ends within moments (libvirt
+        stops the source QEMU before migrateToURI3 returns). Waiting for it lets QEMU's end
+        be reported as Migrated, never as a crash in between."""
+        run = self.running
+        if run is None or run.task.done():
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await asyncio.shield(run.task)
+
     async def close(self) -> None:
         run = self.running
         if run is not None and not run.task.done():
@@ -204,19 +215,19 @@ class MigrationSource:
         run = self.running
         t0 = time.monotonic()
 
-        def start(dom: Any) -> tuple[int, dict[Any, Any], str]:
+        def start(dom: Any) -> tuple[int, dict[Any, Any]]:
             paused = dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED
             xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE)
             copy = mo.disks_to_copy(xml) if block else []
             return (mo.flags(opts, block=block, paused=paused),
                     mo.params(xml=xml, domain=self.domain, share_dir=self.paths.share_dir,
                               vmi_uid=vmi_uid, target_uid=target_uid, opts=opts,
-                              copy_disks=copy), "")
+                              copy_disks=copy))
 
         error = ""
         monitor: asyncio.Task[None] | None = None
         try:
-            flags, params, _ = await self.access.call(start)
+            flags, params = await self.access.call(start)
             if opts.max_downtime_ms:
                 await self.access.call(lambda dom: dom.migrateSetMaxDowntime(
                     opts.max_downtime_ms, 0))

@@ -143,6 +143,10 @@ def test_the_guest_moves_to_the_target_and_keeps_running(pods: Pods) -> None:
     took = time.monotonic() - t0
     print(f"migration took {took:.1f}s")
     wait_for(lambda: not psutil.pid_exists(source_qemu), 30, what="the source QEMU gone")
+    # QEMU's end on the source was reported as the migration, never as a crash
+    seen = [status(e) for e in pods.source_events.domains()]
+    assert ("Shutoff", "Migrated") in seen and not [
+        s for s in seen if s[0] == "Shutoff" and s[1] not in ("Migrated", "Unknown")], seen
 
     # the target: Running with the agent, the metadata says it arrived
     arrived = pods.target_events.wait_domain(
