@@ -146,6 +146,7 @@ class VmShutdown:
     async def after_qemu_exit(self, pid: int | None) -> None:
         """Report QEMU's end at once, let libvirt catch up, then stay until the domain is
         deleted."""
+        await self.commands.migration.source.settle(LIBVIRT_CATCH_UP_S)
         if self.commands.migration.source.succeeded:  # the VM went to the target
             reason = "Migrated"
         elif self.relay.destroy_noted:  # ours, or virt-handler's Kill at the deadline

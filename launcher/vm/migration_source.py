@@ -43,6 +43,7 @@ from launcher.vm import migration_options as mo
 from launcher.vm.migration_meta import MigrationMeta
 
 MONITOR_INTERVAL_S = 1.0
+PROGRESS_KEY = "LauncherProgress"
 GIB = 1024 ** 3
 
 
@@ -57,6 +58,7 @@ class _Running:
     meta: MigrationMeta
     aborting: bool = False
     abort_reason: str = ""
+    progress: dict[str, int] | None = None  # the monitor's latest figures
 
 
 def _migration_state(vmi: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -85,7 +87,12 @@ class MigrationSource:
         run = self.running
         if run is None:
             return None
-        return domain_json.migration_json(meta_mod.to_element(run.meta))
+        out = domain_json.migration_json(meta_mod.to_element(run.meta))
+        if run.progress is not None and not run.meta.ended:
+            # Beyond KubeVirt: the migration's progress while it runs, under a key of its
+            # own (Go's decoder ignores fields it does not know: virt-handler is unaffected).
+            out[PROGRESS_KEY] = run.progress
+        return out
 
     # --- the rpcs ---------------------------------------------------------------------------
     async def migrate(self, vmi: Mapping[str, Any], options_json: bytes) -> str:
@@ -160,6 +167,17 @@ class MigrationSource:
             async with asyncio.timeout(timeout_s):
                 await asyncio.shield(run.task)
 
+    async def settle(self, timeout_s: float) -> None:
+        """QEMU exited: a migration still running in our view ends within moments (libvirt
+        stops the source QEMU before migrateToURI3 returns). Waiting for it lets QEMU's end
+        be reported as Migrated, never as a crash in between."""
+        run = self.running
+        if run is None or run.task.done():
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await asyncio.shield(run.task)
+
     async def close(self) -> None:
         run = self.running
         if run is not None and not run.task.done():
@@ -197,19 +215,19 @@ class MigrationSource:
         run = self.running
         t0 = time.monotonic()
 
-        def start(dom: Any) -> tuple[int, dict[Any, Any], str]:
+        def start(dom: Any) -> tuple[int, dict[Any, Any]]:
             paused = dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED
             xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE)
             copy = mo.disks_to_copy(xml) if block else []
             return (mo.flags(opts, block=block, paused=paused),
                     mo.params(xml=xml, domain=self.domain, share_dir=self.paths.share_dir,
                               vmi_uid=vmi_uid, target_uid=target_uid, opts=opts,
-                              copy_disks=copy), "")
+                              copy_disks=copy))
 
         error = ""
         monitor: asyncio.Task[None] | None = None
         try:
-            flags, params, _ = await self.access.call(start)
+            flags, params = await self.access.call(start)
             if opts.max_downtime_ms:
                 await self.access.call(lambda dom: dom.migrateSetMaxDowntime(
                     opts.max_downtime_ms, 0))
@@ -290,6 +308,12 @@ class MigrationSource:
                 memory_bps=stats.get("memory_bps"),
                 expected_downtime_ms=stats.get("downtime"), mode=run.meta.mode,
                 elapsed_s=round(time.monotonic() - started, 1))
+            run.progress = {
+                "DataProcessedBytes": int(stats.get("data_processed", 0)),
+                "DataRemainingBytes": remaining, "DataTotalBytes": total,
+                "MemoryIteration": int(stats.get("memory_iteration", 0) or 0),
+                "ElapsedMs": int((time.monotonic() - started) * 1000)}
+            self.relay.resync()
             now = time.monotonic()
             if last_remaining is None or remaining < last_remaining:
                 last_remaining, last_progress = remaining, now

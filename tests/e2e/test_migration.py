@@ -143,6 +143,10 @@ def test_the_guest_moves_to_the_target_and_keeps_running(pods: Pods) -> None:
     took = time.monotonic() - t0
     print(f"migration took {took:.1f}s")
     wait_for(lambda: not psutil.pid_exists(source_qemu), 30, what="the source QEMU gone")
+    # QEMU's end on the source was reported as the migration, never as a crash
+    seen = [status(e) for e in pods.source_events.domains()]
+    assert ("Shutoff", "Migrated") in seen and not [
+        s for s in seen if s[0] == "Shutoff" and s[1] not in ("Migrated", "Unknown")], seen
 
     # the target: Running with the agent, the metadata says it arrived
     arrived = pods.target_events.wait_domain(
@@ -185,7 +189,13 @@ def test_cancel_keeps_the_guest_on_the_source(pods: Pods) -> None:
     assert resp.success, resp.message
     pods.source_events.wait_domain(lambda e: migration_meta(e).get("UID") == "mig-cancel",
                                    30, "the migration's start in the metadata")
-    time.sleep(3)
+    # the migration is visible while it runs: its progress in the snapshots, moving
+    progressing = pods.source_events.wait_domain(
+        lambda e: migration_meta(e).get("LauncherProgress", {}).get("DataProcessedBytes", 0)
+        > 2 * 1024 * 1024, 30, "progress figures in the snapshots")
+    progress = migration_meta(progressing)["LauncherProgress"]
+    assert progress["DataTotalBytes"] >= 256 * 1024 * 1024, progress
+    assert 0 < progress["DataRemainingBytes"] < progress["DataTotalBytes"], progress
     resp = call(src, "CancelVirtualMachineMigration", doc)
     assert (resp.success, resp.message) == (True, "aborting migration mig-cancel"), \
         resp.message
