@@ -161,8 +161,7 @@ class Launcher:
     def _on_signal(self, sig: signal.Signals) -> None:
         # Only record: the state machine logs and acts.
         self.signals.append(sig)
-        self._shutdown.set()
-        self._signalled.set()
+        self._request_stop()
 
     def _request_stop(self) -> None:
         self._shutdown.set()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -99,6 +100,14 @@ def parse_options(raw: bytes) -> MigrationOptions:
         parallel_threads=threads,
         workload_disruption=_bool(doc, "AllowWorkloadDisruption"),
         compression=compression or None)
+
+
+def migration_state(vmi: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The VMI's status.migrationState; None when absent or not an object (a malformed VMI
+    is answered, never a crash)."""
+    status = vmi.get("status")
+    state = status.get("migrationState") if isinstance(status, dict) else None
+    return state if isinstance(state, dict) else None
 
 
 def flags(opts: MigrationOptions, *, block: bool, paused: bool) -> int:

@@ -61,12 +61,6 @@ class _Running:
     progress: dict[str, int] | None = None  # the monitor's latest figures
 
 
-def _migration_state(vmi: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    status = vmi.get("status")
-    state = status.get("migrationState") if isinstance(status, dict) else None
-    return state if isinstance(state, dict) else None
-
-
 class MigrationSource:
     def __init__(self, *, access: DomainAccess, relay: DomainRelay, paths: Paths,
                  nonroot: bool, domain: str) -> None:
@@ -103,7 +97,7 @@ class MigrationSource:
         if backup:
             name = backup.get("backupName", "") if isinstance(backup, dict) else ""
             raise MigrationError(f"cannot migrate VMI until backup {name} is completed")
-        state = _migration_state(vmi)
+        state = mo.migration_state(vmi)
         if state is None:
             raise MigrationError("cannot migrate VMI until migrationState is ready")
         uid = state.get("migrationUid")

@@ -31,6 +31,7 @@ from launcher.libvirt.errors import libvirt_message
 from launcher.notify.relay import DomainRelay
 from launcher.paths import Paths
 from launcher.vm import migration_meta as meta_mod
+from launcher.vm import migration_options as mo
 from launcher.vm.sync import Syncer
 
 POLL_S = 0.2
@@ -43,14 +44,6 @@ _MIGRATING = {
     (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_STARTING_UP),
     (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_RUNNING_POSTCOPY),
 }
-
-
-def migration_state(vmi: Mapping[str, Any]) -> Mapping[str, Any]:
-    """status.migrationState, {} when absent or not an object (a malformed VMI is
-    answered, never a crash)."""
-    status = vmi.get("status")
-    state = status.get("migrationState") if isinstance(status, dict) else None
-    return state if isinstance(state, dict) else {}
 
 
 def arrived(state: tuple[int, int] | None) -> bool:
@@ -77,7 +70,7 @@ class MigrationTarget:
                                                 domain=domain)
 
     async def prepare(self, vmi: Mapping[str, Any], options: Any | None) -> str:
-        uid = migration_state(vmi).get("migrationUid")
+        uid = (mo.migration_state(vmi) or {}).get("migrationUid")
         await self.syncer.prepare_target(vmi, options)
         proxy_dir = os.path.join(self.paths.share_dir, "migrationproxy")
         os.makedirs(proxy_dir, mode=0o755, exist_ok=True)
@@ -112,7 +105,7 @@ class MigrationTarget:
 
     async def signal_cleanup(self, vmi: Mapping[str, Any]) -> str:
         me = self.env.get(POD_NAME_ENV, "")
-        target_pod = migration_state(vmi).get("targetPod")
+        target_pod = (mo.migration_state(vmi) or {}).get("targetPod")
         if not me or target_pod != me:
             return ""
         running = await self.access.state() if self.access.connected else None
