@@ -170,7 +170,7 @@ METHODS: dict[str, str] = {
                              "(downtime), from the source's 'migration completed' line",
     "migration_postcopy_total_s": "hack/bench_migration.py: a guest dirtying a tmpfs in a "
                                   "loop, 2 MiB/s, CompletionTimeoutPerGiB 3, AllowPostCopy "
-                                  "-> switch to post-copy and its end",
+                                  "and AllowWorkloadDisruption -> post-copy and its end",
     "shutdown_forced_overshoot_s": "guest with pvl.ignore_acpi=1 booted to its agent, "
                                    "--grace-period-seconds N: SIGTERM -> monitor exit, "
                                    "minus N (shutdown_forced_s: without minus N)",

@@ -12,7 +12,7 @@ default options (block migration of its containerDisk overlay):
 - migration_downtime_ms: libvirt's completed job statistics (`downtime`: the guest
   stopped for the switch-over), from the source launcher's "migration completed" line;
 - migration_postcopy_total_s: the same with a guest dirtying memory in a loop, 2 MiB/s
-  bandwidth and CompletionTimeoutPerGiB 3, AllowPostCopy: the switch to post-copy and
+  bandwidth and CompletionTimeoutPerGiB 3, AllowPostCopy + AllowWorkloadDisruption: post-copy and
   its end.
 
 Targets (the issue): downtime <= 300 ms, total <= 10 s. Exits 0 when it ran.
@@ -98,7 +98,7 @@ def one_run(post_copy: bool) -> dict[str, float]:
                          "tmpfs /run/d && (while :; do dd if=/dev/urandom of=/run/d/f "
                          "bs=1M count=48 2>/dev/null; done) >/dev/null 2>&1 &")
                 options = {"Bandwidth": "2Mi", "CompletionTimeoutPerGiB": 3,
-                           "AllowPostCopy": True}
+                           "AllowPostCopy": True, "AllowWorkloadDisruption": True}
             vmi = migrating(doc, uid)
             raw = cmd_pb2.VMI(vmiJson=json.dumps(vmi).encode())
             resp = tgt.stub.SyncMigrationTarget(cmd_pb2.VMIRequest(vmi=raw), timeout=120)

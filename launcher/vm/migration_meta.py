@@ -19,6 +19,7 @@ from launcher.vm.xmldiff import KUBEVIRT_NS, kubevirt_metadata
 Q = f"{{{KUBEVIRT_NS}}}"
 PRE_COPY = "PreCopy"
 POST_COPY = "PostCopy"
+PAUSED = "Paused"  # KubeVirt's MigrationPaused: the guest paused so the migration completes
 ABORTING = "Aborting"
 ABORT_SUCCEEDED = "Succeeded"
 ABORT_FAILED = "Failed"

@@ -10,9 +10,9 @@ CancelVirtualMachineMigration (KubeVirt's live-migration-source.go).
 - virDomainMigrateToURI3 to the target's libvirt through virt-handler's proxy socket in
   the share dir, with KubeVirt's flags and parameters (launcher.vm.migration_options).
 - A monitor reads the job's statistics once a second: logs the progress; aborts after
-  ProgressTimeout seconds without progress; at CompletionTimeoutPerGiB x GiB switches to
-  post-copy when allowed, else pauses the guest when workload disruption is allowed, else
-  aborts.
+  ProgressTimeout seconds without progress; at CompletionTimeoutPerGiB x GiB, with
+  workload disruption allowed, switches to post-copy when allowed or else pauses the guest
+  (and aborts if that did not finish it by twice the time); without it, aborts.
 - Cancel aborts the job from another thread (a hung QEMU must not hang the rpc): the
   metadata's AbortStatus goes Aborting, then Succeeded (the migration ended without
   completing) or Failed (it completed anyway).
@@ -281,7 +281,6 @@ class MigrationSource:
         last_progress = time.monotonic()
         started = time.monotonic()
         deadline_s: float | None = None
-        acted = False
         while True:
             await asyncio.sleep(MONITOR_INTERVAL_S)
             try:
@@ -320,25 +319,38 @@ class MigrationSource:
             if deadline_s is None and total:
                 deadline_s = opts.completion_timeout_per_gib_s * max(
                     1, math.ceil(total / GIB))
-            if deadline_s is not None and not acted and now - started > deadline_s:
-                acted = True
-                await self._converge(run, opts, int(now - started))
+            if deadline_s is not None and now - started > deadline_s:
+                deadline_s = await self._converge(run, opts, int(now - started), deadline_s)
 
-    async def _converge(self, run: _Running, opts: mo.MigrationOptions, elapsed: int) -> None:
-        if opts.post_copy:
-            self._log.info("switching the migration to post-copy", elapsed_s=elapsed)
-            try:
-                await self.access.call(lambda dom: dom.migrateStartPostCopy(0))
-            except libvirt.libvirtError as exc:
-                self._log.error("post-copy switch failed", error=libvirt_message(exc))
-                return
-            run.meta = run.meta.with_(mode=meta_mod.POST_COPY)
-            self.relay.resync()
-        elif opts.workload_disruption:
+    async def _converge(self, run: _Running, opts: mo.MigrationOptions, elapsed: int,
+                        deadline_s: float) -> float:
+        """KubeVirt's legacy convergence at the acceptable completion time: with workload
+        disruption allowed, post-copy (when allowed) or the guest paused (Mode Paused, the
+        deadline doubled); otherwise - or once post-copy or the pause did not help in time -
+        abort. Returns the next deadline."""
+        if run.meta.mode == meta_mod.POST_COPY:
+            # Never aborted in post-copy: the target already runs the workload.
+            return math.inf
+        if opts.workload_disruption and run.meta.mode != meta_mod.PAUSED:
+            if opts.post_copy:
+                self._log.info("switching the migration to post-copy", elapsed_s=elapsed)
+                try:
+                    await self.access.call(lambda dom: dom.migrateStartPostCopy(0))
+                except libvirt.libvirtError as exc:
+                    self._log.error("post-copy switch failed", error=libvirt_message(exc))
+                    return deadline_s
+                run.meta = run.meta.with_(mode=meta_mod.POST_COPY)
+                self.relay.resync()
+                return math.inf
             self._log.info("pausing the guest so the migration completes", elapsed_s=elapsed)
-            with contextlib.suppress(libvirt.libvirtError):
+            try:
                 await self.access.call(lambda dom: dom.suspend())
-        else:
-            await self._abort(run, f"Live migration is not completed after {elapsed} sec "
-                                   "and has been aborted")
-
+            except libvirt.libvirtError as exc:
+                self._log.error("pausing the guest failed", error=libvirt_message(exc))
+                return deadline_s
+            run.meta = run.meta.with_(mode=meta_mod.PAUSED)
+            self.relay.resync()
+            return deadline_s * 2
+        await self._abort(run, f"Live migration is not completed after {elapsed} sec "
+                               "and has been aborted")
+        return math.inf

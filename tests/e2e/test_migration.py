@@ -270,10 +270,13 @@ def test_no_progress_for_progress_timeout_aborts(pods: Pods) -> None:
     assert meta["FailureReason"].startswith("Live migration stuck for "), meta
 
 
-def test_completion_timeout_aborts_without_post_copy(pods: Pods) -> None:
-    start_migration(pods, "mig-slow", Bandwidth="1Mi", CompletionTimeoutPerGiB=3)
+def test_completion_timeout_aborts_without_workload_disruption(pods: Pods) -> None:
+    # post-copy allowed but not workload disruption: KubeVirt aborts, so do we
+    start_migration(pods, "mig-slow", Bandwidth="1Mi", CompletionTimeoutPerGiB=3,
+                    AllowPostCopy=True, AllowWorkloadDisruption=False)
     meta = failed_on_source(pods, "the slow migration's failure")
     assert meta["FailureReason"].startswith("Live migration is not completed after "), meta
+    assert meta["Mode"] == "PreCopy", meta
 
 
 def test_completion_timeout_switches_to_post_copy_when_allowed(pods: Pods) -> None:
@@ -283,7 +286,7 @@ def test_completion_timeout_switches_to_post_copy_when_allowed(pods: Pods) -> No
                         "count=48 2>/dev/null; done) > /dev/null 2>&1 &")
     boot_id = shell(pods.src_cmd, "cat /proc/sys/kernel/random/boot_id").strip()
     start_migration(pods, "mig-post", Bandwidth="2Mi", CompletionTimeoutPerGiB=3,
-                    AllowPostCopy=True)
+                    AllowPostCopy=True, AllowWorkloadDisruption=True)
     done = pods.source_events.wait_domain(
         lambda e: status(e) == ("Shutoff", "Migrated") and migration_meta(e).get(
             "EndTimestamp"), 120, "Shutoff/Migrated after post-copy")

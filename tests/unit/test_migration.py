@@ -4,8 +4,11 @@ XML and in the notify JSON, and when a target counts the domain as arrived."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 import xml.etree.ElementTree as ET
+from typing import Any
 
 import libvirt
 import pytest
@@ -13,6 +16,7 @@ import pytest
 from launcher.notify.domain_json import spec_from_xml
 from launcher.vm import migration_meta as mm
 from launcher.vm import migration_options as mo
+from launcher.vm.migration_source import MigrationSource, _Running
 from launcher.vm.migration_target import arrived
 
 
@@ -144,3 +148,62 @@ def test_migration_metadata_in_the_xml_and_the_notify_json() -> None:
 ])
 def test_when_the_target_has_the_domain(state: tuple[int, int] | None, expected: bool) -> None:
     assert arrived(state) is expected
+
+
+# --- KubeVirt's legacy convergence at the acceptable completion time -----------------------
+class _Dom:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def migrateStartPostCopy(self, flags: int) -> None:
+        self.calls.append("post-copy")
+
+    def suspend(self) -> None:
+        self.calls.append("suspend")
+
+    def abortJob(self) -> None:
+        self.calls.append("abort")
+
+
+class _Access:
+    def __init__(self, dom: _Dom) -> None:
+        self.dom = dom
+
+    async def call(self, fn: Any) -> Any:
+        return fn(self.dom)
+
+
+class _Relay:
+    migration_metadata: Any = None
+
+    def resync(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("post_copy", "disruption", "calls", "mode", "next_deadline"), [
+    (True, True, ["post-copy"], "PostCopy", math.inf),
+    (False, True, ["suspend"], "Paused", 20.0),  # the deadline doubled
+    (True, False, ["abort"], "PreCopy", math.inf),  # KubeVirt: no disruption -> abort
+    (False, False, ["abort"], "PreCopy", math.inf),
+])
+def test_convergence_follows_kubevirts_rule(post_copy: bool, disruption: bool,
+                                            calls: list[str], mode: str,
+                                            next_deadline: float) -> None:
+    dom = _Dom()
+    source = MigrationSource(access=_Access(dom), relay=_Relay(),  # type: ignore[arg-type]
+                             paths=None, nonroot=False, domain="ns_vm")  # type: ignore[arg-type]
+    run = _Running("m", None, mm.MigrationMeta(uid="m"))  # type: ignore[arg-type]
+    opts = mo.MigrationOptions(post_copy=post_copy, workload_disruption=disruption)
+
+    async def scenario() -> None:
+        got = await source._converge(run, opts, 11, 10.0)
+        assert (dom.calls, run.meta.mode, got) == (calls, mode, next_deadline)
+        if mode == "Paused":
+            # paused and still not done at the doubled deadline: aborted then
+            assert await source._converge(run, opts, 21, got) == math.inf
+            assert dom.calls == ["suspend", "abort"]
+        if mode == "PostCopy":  # never aborted in post-copy
+            assert await source._converge(run, opts, 99, got) == math.inf
+            assert dom.calls == ["post-copy"]
+
+    asyncio.run(scenario())
