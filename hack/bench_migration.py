@@ -35,7 +35,7 @@ from launcher._proto.kubevirt.cmd.v1 import cmd_pb2
 from tests.support.guest import Cmd, Receiver, status
 from tests.support.guestvm import stage
 from tests.support.harness import Instance, instance, wait_for
-from tests.support.migration import MigrationProxy, target_pod
+from tests.support.migration import MigrationProxy, migrating, migration_meta, target_pod
 from tests.support.standalone import EMULATION, guest, sync, wait_agent
 
 TARGET_POD = "virt-launcher-testvm-target"
@@ -44,20 +44,6 @@ TARGET_POD = "virt-launcher-testvm-target"
 def log(text: str) -> None:
     sys.stderr.write(text + "\n")
     sys.stderr.flush()
-
-
-def migrating(doc: dict[str, Any], uid: str) -> dict[str, Any]:
-    out: dict[str, Any] = json.loads(json.dumps(doc))
-    out["status"] = {"phase": "Running", "migrationMethod": "BlockMigration",
-                     "migrationTransport": "Unix",
-                     "migrationState": {"migrationUid": uid, "targetPod": TARGET_POD}}
-    return out
-
-
-def meta(event: dict[str, Any]) -> dict[str, Any]:
-    m: dict[str, Any] = (event["domain"]["Spec"].get("Metadata", {}).get("KubeVirt", {})
-                         .get("Migration") or {})
-    return m
 
 
 @contextlib.contextmanager
@@ -99,7 +85,7 @@ def one_run(post_copy: bool) -> dict[str, float]:
                          "bs=1M count=48 2>/dev/null; done) >/dev/null 2>&1 &")
                 options = {"Bandwidth": "2Mi", "CompletionTimeoutPerGiB": 3,
                            "AllowPostCopy": True, "AllowWorkloadDisruption": True}
-            vmi = migrating(doc, uid)
+            vmi = migrating(doc, uid, TARGET_POD)
             raw = cmd_pb2.VMI(vmiJson=json.dumps(vmi).encode())
             resp = tgt.stub.SyncMigrationTarget(cmd_pb2.VMIRequest(vmi=raw), timeout=120)
             if not resp.success:
@@ -116,7 +102,7 @@ def one_run(post_copy: bool) -> dict[str, float]:
                 raise RuntimeError(f"MigrateVirtualMachine: {resp.message}")
             source_events.wait_domain(
                 lambda e: status(e) == ("Shutoff", "Migrated")
-                and bool(meta(e).get("EndTimestamp")), 180, "Shutoff/Migrated")
+                and bool(migration_meta(e).get("EndTimestamp")), 180, "Shutoff/Migrated")
             total = time.monotonic() - t0
             proxy.stop()
             done = wait_for(lambda: source.logged("migration completed"), 30,

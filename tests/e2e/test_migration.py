@@ -21,7 +21,13 @@ import pytest
 from launcher._proto.kubevirt.cmd.v1 import cmd_pb2
 from tests.support.guest import Cmd, Receiver, agent_state, status
 from tests.support.harness import Instance, wait_for
-from tests.support.migration import MigrationProxy, TargetPod, target_pod
+from tests.support.migration import (
+    MigrationProxy,
+    TargetPod,
+    migration_meta,
+    target_pod,
+)
+from tests.support.migration import migrating as support_migrating
 from tests.support.standalone import EMULATION, guest, sync, wait_agent
 
 pytestmark = pytest.mark.e2e
@@ -31,14 +37,7 @@ TARGET_POD = "virt-launcher-testvm-target"
 
 
 def migrating(doc: dict[str, Any], uid: str = MIGRATION_UID) -> dict[str, Any]:
-    """The VMI as virt-handler sends it once a migration is scheduled."""
-    out: dict[str, Any] = json.loads(json.dumps(doc))
-    out["status"] = {"phase": "Running", "migrationMethod": "BlockMigration",
-                     "migrationTransport": "Unix",
-                     "migrationState": {"migrationUid": uid, "targetPod": TARGET_POD,
-                                        "sourcePod": "virt-launcher-testvm-source",
-                                        "targetNode": "node-b", "sourceNode": "node-a"}}
-    return out
+    return support_migrating(doc, uid, TARGET_POD)
 
 
 def call(cmd: Cmd, rpc: str, doc: dict[str, Any], **extra: Any) -> Any:
@@ -48,12 +47,6 @@ def call(cmd: Cmd, rpc: str, doc: dict[str, Any], **extra: Any) -> Any:
     else:
         request = cmd_pb2.VMIRequest(vmi=vmi)
     return getattr(cmd.stub, rpc)(request, timeout=120)
-
-
-def migration_meta(event: dict[str, Any]) -> dict[str, Any]:
-    meta: dict[str, Any] = (event["domain"]["Spec"].get("Metadata", {}).get("KubeVirt", {})
-                            .get("Migration") or {})
-    return meta
 
 
 def shell(cmd: Cmd, script: str) -> str:

@@ -20,6 +20,7 @@ MigrationProxy does that from UNIX socket to UNIX socket, one thread per directi
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -33,6 +34,24 @@ from typing import Any
 from tests.support.harness import Instance
 
 MIGRATION_PORTS = (49152, 49153)
+
+
+def migrating(doc: dict[str, Any], uid: str, target_pod: str) -> dict[str, Any]:
+    """The VMI as virt-handler sends it once a (block) migration is scheduled."""
+    out: dict[str, Any] = json.loads(json.dumps(doc))
+    out["status"] = {"phase": "Running", "migrationMethod": "BlockMigration",
+                     "migrationTransport": "Unix",
+                     "migrationState": {"migrationUid": uid, "targetPod": target_pod,
+                                        "sourcePod": "virt-launcher-source",
+                                        "targetNode": "node-b", "sourceNode": "node-a"}}
+    return out
+
+
+def migration_meta(event: dict[str, Any]) -> dict[str, Any]:
+    """Spec.Metadata.KubeVirt.Migration of a notify snapshot ({} when absent)."""
+    meta: dict[str, Any] = (event["domain"]["Spec"].get("Metadata", {}).get("KubeVirt", {})
+                            .get("Migration") or {})
+    return meta
 
 
 @dataclass
