@@ -50,7 +50,7 @@ from launcher.paths import Paths, derive
 from tests.support import guest
 from tests.support.guestvm import AGENT_CHANNEL, stage, vmi
 from tests.support.harness import Instance, kill_all, processes_referencing, wait_for
-from tests.support.migration import MigrationProxy, target_pod
+from tests.support.migration import MigrationProxy, migrating, target_pod
 from tests.support.virt_handler import Verdict, replay
 
 BIN = Path(sys.executable).parent
@@ -96,11 +96,15 @@ class Events:
         doms = self.domains()
         return doms[-1] if doms else None
 
-    def wait(self, pred: Callable[[dict[str, Any]], bool], timeout: float, what: str) -> None:
+    def wait(self, pred: Callable[[dict[str, Any]], bool], timeout: float, what: str,
+             since: int | None = None) -> None:
+        """Until the last domain event matches; with `since`, any from that index on (a
+        state the next event replaces at once, e.g. Shutoff/Migrated before the Delete)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            last = self.last_domain()
-            if last is not None and pred(last):
+            doms = self.domains()
+            candidates = doms[since:] if since is not None else doms[-1:]
+            if any(pred(d) for d in candidates):
                 return
             time.sleep(0.05)
         raise SystemExit(f"timed out waiting for {what}")
@@ -323,11 +327,7 @@ def main() -> int:
         procs.append(target.proc.proc)
         wait(lambda: target.proc.logged("launcher running"), 60, "the target launcher")
         uptime0 = cmd.exec("/bin/cut", "-d ", "-f1", "/proc/uptime").stdOut.strip()
-        moving = json.loads(json.dumps(doc))
-        moving["status"] = {"phase": "Running", "migrationMethod": "BlockMigration",
-                            "migrationTransport": "Unix",
-                            "migrationState": {"migrationUid": "demo-migration",
-                                               "targetPod": "virt-launcher-demo-target"}}
+        moving = migrating(doc, "demo-migration", "virt-launcher-demo-target")
         t_cmd = Cmd(target.view.paths.cmd_socket, "demo", "default", uid, doc=moving)
         say(f"    target: {t_cmd.vmi_call('SyncMigrationTarget', moving).message}")
         proxy = MigrationProxy(source_share=Path(paths.share_dir),
@@ -336,12 +336,13 @@ def main() -> int:
                                uid=uid)
         proxy.start()
         t3 = time.monotonic()
+        before = len(events.domains())
         source_cmd = Cmd(paths.cmd_socket, "demo", "default", uid, doc=moving)
         resp = source_cmd.stub.MigrateVirtualMachine(cmd_pb2.MigrationRequest(
             vmi=source_cmd.vmi, options=json.dumps({"Bandwidth": "0"}).encode()), timeout=60)
         say(f"    source: {resp.message}")
         events.wait(lambda e: e["domain"]["Status"]["Reason"] == "Migrated", 120,
-                    "Shutoff/Migrated on the source")
+                    "Shutoff/Migrated on the source", since=before)
         seen = launcher_log(log, seen)
         say(f"    migrated in {time.monotonic() - t3:.1f}s; the source pod's virt-handler "
             "stand-in deletes the source domain and the source pod ends:")
