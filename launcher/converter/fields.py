@@ -133,15 +133,20 @@ FIELDS: tuple[Field, ...] = (
     _h("spec.networks[]", "paired by name with spec.domain.devices.interfaces[]; each must "
                           "be used"),
     _h("spec.networks[].name", "the interface of the same name"),
-    _h("spec.networks[].pod", "the pod network (the only one a standalone pod has); one"),
+    _h("spec.networks[].pod", "the pod network; one"),
     _i("spec.networks[].pod.vmNetworkCIDR", "masquerade's guest subnet: virt-handler's "
                                             "network setup (bridge address, NAT), not the "
                                             "domain"),
     _i("spec.networks[].pod.vmIPv6NetworkCIDR", "masquerade's IPv6 guest subnet: "
                                                 "virt-handler's network setup, not the "
                                                 "domain"),
-    _r("spec.networks[].multus", "Multus networks need secondary pod interfaces a "
-                                 "standalone pod does not have", subtree=True),
+    _h("spec.networks[].multus", "a secondary network: bridge binding on the tap "
+                                 "virt-handler creates (tap + sha256(name)[:11]); hot-"
+                                 "pluggable"),
+    _i("spec.networks[].multus.networkName", "the NetworkAttachmentDefinition: Multus and "
+                                             "virt-handler set up the pod interface"),
+    _r("spec.networks[].multus.default", "a Multus default network replacing the pod "
+                                         "network"),
     _r("spec.networks[].resourceClaim", "networks from DRA resource claims: a standalone "
                                         "pod has only its pod network", subtree=True),
     # --- spec.domain: resources, CPU, memory ---

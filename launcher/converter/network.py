@@ -4,6 +4,7 @@ devices module's doc for what is matched and what differs."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 import xml.etree.ElementTree as ET
 
@@ -30,8 +31,15 @@ def vcpus(ctx: Context) -> int:
     return cpu_topology(ctx).vcpus
 
 
+def secondary_tap(network: str) -> str:
+    """The tap virt-handler creates in the pod for a secondary (Multus) network's interface:
+    KubeVirt's GenerateTapDeviceName("pod" + sha256(network name)[:11]), "tap" + the hash."""
+    return "tap" + hashlib.sha256(network.encode()).hexdigest()[:11]
+
+
 def _networks(ctx: Context) -> dict[str, Node]:
-    """spec.networks by name; only the pod network exists in a standalone pod."""
+    """spec.networks by name: the pod network and secondary Multus networks (whose pod
+    interface and tap virt-handler sets up)."""
     networks: dict[str, Node] = {}
     pod: str | None = None
     for net in ctx.spec.items("networks"):
@@ -39,14 +47,21 @@ def _networks(ctx: Context) -> dict[str, Node]:
         if name in networks:
             net.fail(f"duplicate network name {q(name)}", "name")
         if net.has("multus"):
-            net.fail("multus networks are not supported by this launcher (a standalone pod "
-                     "has only its pod network)", "multus")
+            if net.has("pod"):
+                net.fail("only one network source may be set, got: pod, multus", "multus")
+            multus = net.obj("multus")
+            multus.req_str("networkName", nonempty=True)
+            if multus.bool("default", False):
+                net.fail("a Multus default network (replacing the pod network) is not "
+                         "supported by this launcher", "multus.default")
+            networks[name] = net
+            continue
         if net.has("resourceClaim"):
             net.fail("networks from resource claims (DRA) are not supported by this "
                      "launcher (a standalone pod has only its pod network)", "resourceClaim")
         if not net.has("pod"):
-            net.fail("required: the pod network is the only network source this launcher "
-                     "supports", "pod")
+            net.fail("required: a network source (pod or multus; this launcher supports "
+                     "no other)", "pod")
         net.obj("pod")
         if pod is not None:
             net.fail(f"only one pod network is allowed ({pod} is one)", "pod")
@@ -102,6 +117,10 @@ def build(b: Build) -> int:
         if name not in networks:
             iface.fail(f"no network named {q(name)} in spec.networks", "name")
         method = _binding(iface)
+        if networks[name].has("multus") and method != "bridge":
+            # KubeVirt's admitter: masquerade and slirp serve the pod network only.
+            iface.fail(f"a secondary (Multus) network takes the bridge binding, not "
+                       f"{method}", method)
         if iface.has("dhcpOptions"):
             # KubeVirt's launcher serves them from the DHCP server it runs for bridge and
             # masquerade bindings; this launcher runs none, so they would be lost.
@@ -111,7 +130,7 @@ def build(b: Build) -> int:
             continue  # being hot-unplugged: KubeVirt leaves it out of the domain
         if method == "binding":
             _plugin_attachment(b.ctx, iface, name)
-        _interface(b, iface, method)
+        _interface(b, iface, method, networks[name])
     for name, net in networks.items():
         if name not in used:
             net.fail("no interface in spec.domain.devices.interfaces uses this network",
@@ -119,7 +138,7 @@ def build(b: Build) -> int:
     return len(ifaces)
 
 
-def _interface(b: Build, iface: Node, method: str) -> None:
+def _interface(b: Build, iface: Node, method: str, network: Node | None = None) -> None:
     name = device_name(iface)
     model = choice(iface, "model", "virtio", NIC_MODELS)
     if method == "slirp":
@@ -130,7 +149,9 @@ def _interface(b: Build, iface: Node, method: str) -> None:
     else:
         el = b.add("interface", type="ethernet")
         # The network setup created the tap; libvirt must not create or delete it.
-        ET.SubElement(el, "target", dev=POD_TAP, managed="no")
+        secondary = network is not None and network.has("multus")
+        ET.SubElement(el, "target", dev=secondary_tap(name) if secondary else POD_TAP,
+                      managed="no")
     mac = _mac(iface)
     if mac is not None:
         ET.SubElement(el, "mac", address=mac)

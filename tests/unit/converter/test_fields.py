@@ -114,7 +114,15 @@ CASES: dict[str, Case] = {
     "spec.networks[].name": _case("default"),
     "spec.networks[].pod.vmNetworkCIDR": _case("10.10.10.0/24"),
     "spec.networks[].pod.vmIPv6NetworkCIDR": _case("fd10::/120"),
-    "spec.networks[].multus.networkName": _case("net"),
+    "spec.networks[].multus": _case({"networkName": "n"},
+                                    **{"spec.networks[]": [{"name": "default"}],
+                                       f"{IFACE}": [{"name": "default", "bridge": {}}]}),
+    "spec.networks[].multus.networkName": _case(
+        "net", **{"spec.networks[]": [{"name": "default", "multus": {}}],
+                  f"{IFACE}": [{"name": "default", "bridge": {}}]}),
+    "spec.networks[].multus.default": _case(
+        True, **{"spec.networks[]": [{"name": "default", "multus": {"networkName": "n"}}],
+                 f"{IFACE}": [{"name": "default", "bridge": {}}]}),
     "spec.networks[].resourceClaim.claimName": _case("claim"),
     "spec.networks[].resourceClaim.requestName": _case("req"),
     f"{D}.resources.requests": _case({"memory": "2Gi"}, {"memory": "1Gi", "cpu": "4"}),
