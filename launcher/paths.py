@@ -64,6 +64,12 @@ class Paths(NamedTuple):
         return reroot(self.root, "/var/run/kubevirt-hooks")
 
     @property
+    def network_info(self) -> str:
+        """The pod's network-info downward API file (Multus network status with the SR-IOV
+        devices' PCI addresses): KubeVirt's /etc/podinfo/network-info."""
+        return reroot(self.root, "/etc/podinfo/network-info")
+
+    @property
     def private_dir(self) -> str:
         return reroot(self.root, "/var/run/kubevirt-private")
 

@@ -2,9 +2,9 @@
 
 One module per rpc family, assembled here: launcher.cmd.lifecycle, .agent (guest agent,
 Exec/GuestPing, freeze), .stats (stats and dirty rate), .dumps (memory dump, screenshot),
-.sync, .queries, .migration; their shared state and plumbing in launcher.cmd.base. The next
-families (hotplug, backup) each get a module of their own, added to Commands.families and
-taken off UNSUPPORTED.
+.sync, .queries, .migration, .hotplug; their shared state and plumbing in launcher.cmd.base.
+The next family (backup) gets a module of its own, added to Commands.families and taken
+off UNSUPPORTED.
 
 Semantics follow KubeVirt's cmd-server and LibvirtDomainManager (pkg/virt-launcher/virtwrap);
 each family's module says what its rpcs do (launcher.cmd.lifecycle: Pause, Unpause,
@@ -20,11 +20,12 @@ Shutdown, Kill, Delete, SoftReboot, Reset). Across them:
 - Requests naming a VMI are validated first (launcher.cmd.vmi): malformed JSON or another
   VMI than ours is refused before libvirt is touched.
 - SyncVirtualMachine goes through launcher.vm.sync.Syncer (convert, prepare the disks, define
-  and start; on a running domain, update the definition and say what needs a restart).
-  Beyond KubeVirt, a VMI whose uid differs from --uid (another incarnation of the same
-  name) is refused. Live migration: launcher.cmd.migration. Hotplug, SEV, backup,
-  checkpoint and device rpcs answer "<Rpc> is not supported by this launcher"; GetVMStats
-  answers gRPC UNIMPLEMENTED.
+  and start; on a running domain, hotplug disks and interfaces, update the definition and
+  say what was applied live and what needs a restart). Beyond KubeVirt, a VMI whose uid
+  differs from --uid (another incarnation of the same name) is refused. Live migration:
+  launcher.cmd.migration; vCPU, memory and host device hotplug: launcher.cmd.hotplug.
+  SEV, backup, checkpoint and GetDevices answer "<Rpc> is not supported by this
+  launcher"; GetVMStats answers gRPC UNIMPLEMENTED.
 
 Beyond KubeVirt, each documented where it happens: explicit "domain not running/paused"
 messages instead of libvirt's generic ones, Exec arguments JSON-encoded (KubeVirt splices
@@ -42,6 +43,7 @@ import asyncio
 from launcher.cmd.agent import Agent
 from launcher.cmd.base import CMD_SERVICE, CmdContext, Family, unimplemented, unsupported
 from launcher.cmd.dumps import Dumps
+from launcher.cmd.hotplug import Hotplug
 from launcher.cmd.lifecycle import Lifecycle
 from launcher.cmd.migration import Migration
 from launcher.cmd.queries import Queries
@@ -58,8 +60,7 @@ from launcher.paths import Paths
 from launcher.vm.sync import Syncer
 
 UNSUPPORTED = (
-    "HotplugHostDevices",
-    "SyncVirtualMachineCPUs", "SyncVirtualMachineMemory", "GetSEVInfo",
+    "GetSEVInfo",
     "GetLaunchMeasurement", "InjectLaunchSecret", "BackupVirtualMachine",
     "RedefineCheckpoint", "GetDevices",
 )
@@ -82,7 +83,7 @@ class Commands:
         self.migration = Migration(self.ctx)
         self.families: tuple[Family, ...] = (
             self.lifecycle, Agent(self.ctx), Stats(self.ctx), Dumps(self.ctx),
-            Sync(self.ctx), Queries(self.ctx), self.migration,
+            Sync(self.ctx), Queries(self.ctx), self.migration, Hotplug(self.ctx),
         )
 
     def handlers(self) -> dict[str, Handler]:

@@ -80,9 +80,9 @@ def prepare(preps: Sequence[Prep], *, confine: Sequence[str],
     if not confine:
         raise ValueError("disk preparation needs the directories its files must stay in")
     for prep in preps:  # all of them first: nothing is written when one path escapes
-        _confined(prep.volume, prep.path, confine)
+        confined(prep.volume, prep.path, confine)
         for read in _reads(prep):
-            _confined(prep.volume, read, confine)
+            confined(prep.volume, read, confine)
     for prep in preps:
         match prep:
             case ContainerDiskOverlay():
@@ -171,7 +171,7 @@ def resolve_cloud_init(prep: CloudInitIso, *, confine: Sequence[str]) -> CloudIn
     """`prep` with the secret data it refers to read now (confined as a preparation's
     reads), so the data can be shown to a PreCloudInitIso hook before the ISO is built."""
     for read in _reads(prep):
-        _confined(prep.volume, read, confine)
+        confined(prep.volume, read, confine)
     return _read_secrets(prep)
 
 
@@ -224,7 +224,7 @@ def _under(path: str, directory: str) -> bool:
     return os.path.commonpath([path, directory]) == directory
 
 
-def _confined(volume: str, path: str, roots: Sequence[str]) -> None:
+def confined(volume: str, path: str, roots: Sequence[str]) -> None:
     """`path` is under one of `roots` (the longest that holds it) and, with every symlink
     on the way resolved (a dangling one too), still under that root's real path."""
     path = os.path.abspath(path)

@@ -47,7 +47,7 @@ from launcher.hooks.manager import HookManager
 from launcher.libvirt.connection import Connection
 from launcher.libvirt.errors import libvirt_message, unsupported_flags
 from launcher.paths import Paths, agent_socket_too_long
-from launcher.vm import disks
+from launcher.vm import disks, hostdevices, hotplug, resources
 from launcher.vm.errors import SyncAborted, SyncError
 from launcher.vm.kvm import kvm_usable, use_emulation
 from launcher.vm.options import disk_directories, options_from_request, pod_cpus, tcg_cpu_modes
@@ -73,6 +73,8 @@ class SyncResult:
     message: str
     restart_needed: tuple[str, ...] = ()
     applied_live: tuple[str, ...] = ()
+    waiting: tuple[str, ...] = ()  # hotplug devices whose source is not ready yet
+    pending: tuple[str, ...] = ()  # detaches the guest has not completed yet
 
 
 @dataclass(frozen=True)
@@ -181,6 +183,86 @@ class Syncer:
             await self._on_define_domain(conversion, vmi, memo=False)
             await self._prepare_disks(conversion.preps, str(_metadata(vmi).get("uid") or ""))
             return conversion
+
+    # --- vCPU, memory and host device hotplug (their own rpcs) -----------------------------
+    async def sync_vcpus(self, vmi: Mapping[str, Any], options: Any | None) -> str:
+        """SyncVirtualMachineCPUs (launcher.vm.resources). Raises SyncError."""
+        async with self._lock:
+            conversion = await self._convert_vmi(vmi, options)
+            message: str = await self._libvirt("updating the vCPUs", self._set_vcpus,
+                                               conversion)
+            self._log.info("vCPUs synced", message=message)
+            return message
+
+    async def sync_memory(self, vmi: Mapping[str, Any], options: Any | None) -> str:
+        """SyncVirtualMachineMemory (launcher.vm.resources). Raises SyncError."""
+        async with self._lock:
+            await self._convert_vmi(vmi, options)  # the VMI is checked as for a sync
+            message: str = await self._libvirt("updating the guest memory",
+                                               self._set_memory, vmi)
+            self._log.info("guest memory synced", message=message)
+            return message
+
+    async def hotplug_host_devices(self, vmi: Mapping[str, Any]) -> str:
+        """HotplugHostDevices (launcher.vm.hostdevices). Raises SyncError."""
+        async with self._lock:
+            message: str = await self._libvirt("hot-plugging host devices",
+                                               self._attach_host_devices, vmi)
+            self._log.info("host devices synced", message=message)
+            return message
+
+    def _running_domain(self) -> Any:
+        dom = self._virconn().lookupByName(self.domain)
+        if not dom.isActive():
+            raise SyncError(f"domain {self.domain} is not running")
+        return dom
+
+    def _set_vcpus(self, conversion: Conversion) -> str:
+        dom = self._running_domain()
+        live_xml = dom.XMLDesc(0)
+        live_count = dom.vcpusFlags(libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        try:
+            count = resources.check_vcpus(resources.vcpu_counts(conversion.xml),
+                                          resources.vcpu_counts(live_xml), live_count)
+        except resources.ResourceError as exc:
+            raise SyncError(str(exc), exc.path) from None
+        if count is None:
+            return f"the domain has {live_count} vCPU(s) already"
+        dom.setVcpusFlags(count, libvirt.VIR_DOMAIN_VCPU_LIVE | libvirt.VIR_DOMAIN_VCPU_CONFIG)
+        for vcpu, cpuset in resources.vcpu_pins(conversion.xml):
+            if vcpu < count and cpuset:  # dedicated CPUs: KubeVirt pins the new vCPUs too
+                dom.pinVcpuFlags(vcpu, resources.cpu_map(cpuset),
+                                 libvirt.VIR_DOMAIN_AFFECT_LIVE | libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+        return f"vCPUs {live_count} -> {count}"
+
+    def _set_memory(self, vmi: Mapping[str, Any]) -> str:
+        dom = self._running_domain()
+        try:
+            change = resources.memory_change(vmi, dom.XMLDesc(0))
+        except resources.ResourceError as exc:
+            raise SyncError(str(exc), exc.path) from None
+        if change is None:
+            return "the guest memory is as requested already"
+        dom.updateDeviceFlags(change.xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        return (f"virtio-mem requested {change.requested_before // 2**20} MiB -> "
+                f"{change.requested // 2**20} MiB")
+
+    def _attach_host_devices(self, vmi: Mapping[str, Any]) -> str:
+        dom = self._running_domain()
+        try:
+            devices = hostdevices.to_attach(vmi, dom.XMLDesc(0), self.paths.network_info)
+        except hostdevices.HostDeviceError as exc:
+            raise SyncError(str(exc)) from None
+        for device in devices:
+            try:
+                dom.attachDeviceFlags(device.xml, libvirt.VIR_DOMAIN_AFFECT_LIVE
+                                      | libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+            except libvirt.libvirtError as exc:
+                raise SyncError(f"attaching SR-IOV device {device.pci} of interface "
+                                f"{device.name}: {libvirt_message(exc)}") from None
+        if not devices:
+            return "no SR-IOV host device to attach"
+        return "attached " + ", ".join(f"{d.name} ({d.pci})" for d in devices)
 
     async def _sync(self, vmi: Mapping[str, Any], options: Any | None) -> SyncResult:
         await self._hooks_ready()
@@ -383,21 +465,50 @@ class Syncer:
             # Started by someone else (or before a restart of ours): the persistent
             # definition is the best knowledge of what it runs with.
             started_with = current.xml or ""
+        hotplug_dir = self.paths.hotplug_disk_dir
         wanted = keep_generated_macs(conversion.xml, current.xml or "")
+        plan = hotplug.plan(live_xml, wanted, hotplug_dir)
+        outcome = hotplug.apply(
+            dom, plan.changes, lambda change: hotplug.device_present(dom.XMLDesc(0), change))
+        if plan.changes:
+            # An attached interface without a MAC got one from libvirt: the persistent
+            # definition keeps it, so a restart does not change the guest's MAC.
+            wanted = keep_generated_macs(wanted, dom.XMLDesc(0))
+        wanted = hotplug.persistent_xml(wanted, live_xml, plan, outcome, hotplug_dir)
         new_xml: str = conn.defineXML(wanted).XMLDesc(XML_FLAGS)
-        restart = restart_needed(started_with, new_xml) if started_with else ["<unknown>"]
+        managed = hotplug.managed_keys(*(x for x in (started_with, new_xml) if x),
+                                       hotplug_dir=hotplug_dir)
+        restart = (restart_needed(started_with, new_xml, managed) if started_with
+                   else ["<unknown>"])
         live, failed = self._apply_live(dom, live_xml, new_xml)
+        live = [*outcome.applied, *live]
         restart = sorted({*restart, *failed})
-        if not restart and not live:
-            return SyncResult("unchanged", "no change")
         parts = []
         if live:
             parts.append(f"applied live: {', '.join(live)}")
+        if outcome.pending:
+            parts.append("detach requested, not yet completed by the guest: "
+                         + ", ".join(outcome.pending))
+        if plan.waiting:
+            parts.append("waiting for their source (attached by a later sync): "
+                         + ", ".join(plan.waiting))
         if restart:
             parts.append("the definition is updated; these parts take effect after a "
                          f"restart: {', '.join(restart)}")
+        problems = list(plan.refused)
+        if outcome.failed is not None:
+            problems.append(f"{outcome.failed.action} of {outcome.failed.label} failed: "
+                            f"{outcome.error} (it and the {len(outcome.not_applied) - 1} "
+                            "device change(s) after it were not applied)")
+        if problems:
+            done = "; ".join(parts) if parts else "nothing else changed"
+            raise SyncError(f"hotplug on running domain {self.domain}: "
+                            f"{'; '.join(problems)}; {done}")
+        if not parts:
+            return SyncResult("unchanged", "no change")
         return SyncResult("updated", f"domain {self.domain} is running; " + "; ".join(parts),
-                          restart_needed=tuple(restart), applied_live=tuple(live))
+                          restart_needed=tuple(restart), applied_live=tuple(live),
+                          waiting=plan.waiting, pending=tuple(outcome.pending))
 
     def _apply_live(self, dom: Any, live_xml: str, new_xml: str) -> tuple[list[str], list[str]]:
         """(parts applied to the running domain, parts that could not be)."""

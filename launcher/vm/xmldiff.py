@@ -27,7 +27,25 @@ def _without_stats(balloon: ET.Element) -> ET.Element:
     return balloon
 
 
-def _parts(xml: str) -> dict[str, list[str]]:
+def _without_link(iface: ET.Element) -> ET.Element:
+    iface = copy.deepcopy(iface)
+    for link in iface.findall("link"):
+        iface.remove(link)
+    return iface
+
+
+def device_key(dev: ET.Element) -> str:
+    """How launcher.vm.hotplug names a device it manages ("disk:sda", "interface:ua-x")."""
+    if dev.tag == "disk":
+        target = dev.find("target")
+        return f"disk:{target.get('dev', '') if target is not None else ''}"
+    if dev.tag == "interface":
+        alias = dev.find("alias")
+        return f"interface:{alias.get('name', '') if alias is not None else ''}"
+    return ""
+
+
+def _parts(xml: str, live_managed: frozenset[str] = frozenset()) -> dict[str, list[str]]:
     root = ET.fromstring(xml)
     parts: dict[str, list[str]] = {}
     for attr, value in sorted(root.attrib.items()):
@@ -40,18 +58,23 @@ def _parts(xml: str) -> dict[str, list[str]]:
             parts.setdefault(child.tag, []).append(canonical(child))
             continue
         for dev in child:
-            # The balloon's statistics period changes live.
-            kept = _without_stats(dev) if dev.tag == "memballoon" else dev
+            if device_key(dev) in live_managed:
+                continue
+            # The balloon's statistics period and an interface's link state change live.
+            kept = (_without_stats(dev) if dev.tag == "memballoon"
+                    else _without_link(dev) if dev.tag == "interface" else dev)
             parts.setdefault(f"devices/{dev.tag}", []).append(canonical(kept))
     return parts
 
 
-def restart_needed(started_with: str, new: str) -> list[str]:
+def restart_needed(started_with: str, new: str,
+                   live_managed: frozenset[str] = frozenset()) -> list[str]:
     """The top-level parts (devices by kind) in which `new` differs from the definition
     the running domain was started with, e.g. ["devices/disk", "memory"]. Both are
     libvirt's own rendering (XMLDesc of the inactive definition), so equal input gives
-    equal text."""
-    old_parts, new_parts = _parts(started_with), _parts(new)
+    equal text. `live_managed`: devices hotplug keeps in line live (launcher.vm.hotplug's
+    managed_keys), left out of the comparison."""
+    old_parts, new_parts = _parts(started_with, live_managed), _parts(new, live_managed)
     return sorted(k for k in old_parts.keys() | new_parts.keys()
                   if old_parts.get(k) != new_parts.get(k))
 
