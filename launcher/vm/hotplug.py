@@ -305,7 +305,9 @@ def apply(dom: Any, changes: Iterable[Change],
 
 
 def _unplug_in_progress(exc: libvirt.libvirtError) -> bool:
-    return bool(exc.get_error_code() == libvirt.VIR_ERR_OPERATION_IN_PROGRESS)
+    """QEMU refuses a second device_del of a device whose unplug the guest has not
+    completed; libvirt passes its words on."""
+    return "in the process of unplug" in (exc.get_error_message() or "")
 
 
 def device_present(live_xml: str, change: Change) -> bool:
