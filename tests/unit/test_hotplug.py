@@ -159,14 +159,14 @@ class FakeDom:
             err.err = (libvirt.VIR_ERR_INTERNAL_ERROR, 0, self.message, 2, "", None, None, 0, 0)
             raise err
 
-    def attachDeviceFlags(self, xml: str, flags: int) -> None:  # noqa: N802
+    def attachDeviceFlags(self, xml: str, flags: int) -> None:
         assert flags == libvirt.VIR_DOMAIN_AFFECT_LIVE
         self._do("attach", xml)
 
-    def detachDeviceFlags(self, xml: str, flags: int) -> None:  # noqa: N802
+    def detachDeviceFlags(self, xml: str, flags: int) -> None:
         self._do("detach", xml)
 
-    def updateDeviceFlags(self, xml: str, flags: int) -> None:  # noqa: N802
+    def updateDeviceFlags(self, xml: str, flags: int) -> None:
         self._do("update", xml)
 
 
