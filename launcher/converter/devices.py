@@ -21,8 +21,9 @@ Matched KubeVirt behaviour
   vga (vram 16 MiB, 1 head) or bochs for EFI guests when the cluster asks for it, or
   spec.domain.devices.video.type; inputs with ua- aliases; the usb controller qemu-xhci
   only when something is on USB (else model='none'); virtio-scsi controller unless
-  disableHotplug and no scsi disk; rng from /dev/urandom; memballoon with stats period and
-  free page reporting unless the cluster disables it, the balloon is off, the VMI is
+  disableHotplug and no disk of the spec on scsi (in the domain or waiting for its
+  hotplug volume); rng from /dev/urandom; memballoon with stats period and free page
+  reporting unless the cluster disables it, the balloon is off, the VMI is
   high-performance (dedicated CPUs, realtime, hugepages) or annotated
   kubevirt.io/free-page-reporting-disabled; i6300esb watchdog; vsock with the CID
   virt-controller put in status.VSOCKCID (always virtio-non-transitional: vhost-vsock
@@ -75,6 +76,7 @@ def build(ctx: Context, dom: ET.Element) -> None:
     """Append <devices> to `dom` and fill it: storage first, then KubeVirt's devices."""
     devices = ET.SubElement(dom, "devices")
     storage.build(ctx, devices)
+    disk_buses = storage.disk_buses(ctx)
     b = Build(ctx, dom, devices)
     for alias in devices.iter("alias"):
         b.aliases.setdefault(alias.get("name", ""), STORAGE_DEVICES)
@@ -82,8 +84,8 @@ def build(ctx: Context, dom: ET.Element) -> None:
     interface_count = network.build(b)
     usb_inputs = _inputs(b)
     serial = ctx.devices.bool("autoattachSerialConsole", True)
-    _controllers(b, usb_needed=b.arm or usb_inputs or _has_disk_on(devices, "usb"),
-                 serial=bool(serial))
+    _controllers(b, usb_needed=b.arm or usb_inputs or "usb" in disk_buses,
+                 scsi_disk="scsi" in disk_buses, serial=bool(serial))
     if serial:
         _serial_console(b)
     _guest_agent_channel(b)
@@ -99,11 +101,6 @@ def build(ctx: Context, dom: ET.Element) -> None:
 
 
 # --- helpers --------------------------------------------------------------------------------
-def _has_disk_on(devices: ET.Element, bus: str) -> bool:
-    return any(target.get("bus") == bus for disk in devices.iter("disk")
-               for target in disk.iter("target"))
-
-
 def _refuse_unsupported(devices: Node) -> None:
     for key in UNSUPPORTED_DEVICES:
         if not absent(devices, key):
@@ -140,12 +137,14 @@ def _has_controller(devices: ET.Element, kind: str) -> bool:
     return any(c.get("type") == kind for c in devices.iter("controller"))
 
 
-def _controllers(b: Build, *, usb_needed: bool, serial: bool) -> None:
+def _controllers(b: Build, *, usb_needed: bool, scsi_disk: bool, serial: bool) -> None:
+    """`scsi_disk`: a disk of spec.domain.devices.disks is on scsi, in the domain yet or
+    not (a hotplug disk waiting for its volume: KubeVirt's requiresSCSIController)."""
     if not _has_controller(b.el, "usb"):
         # No USB device: no controller at all (KubeVirt), saving a PCIe slot.
         b.add("controller", type="usb", index="0", model="qemu-xhci" if usb_needed else "none")
     hotplug = not b.ctx.devices.bool("disableHotplug", False)
-    if (hotplug or _has_disk_on(b.el, "scsi")) and not _has_controller(b.el, "scsi"):
+    if (hotplug or scsi_disk) and not _has_controller(b.el, "scsi"):
         # Also without scsi disks: hotplugged volumes attach to it.
         b.add("controller", type="scsi", index="0", model=b.ctx.virtio_model)
     if serial:

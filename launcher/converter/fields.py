@@ -54,6 +54,11 @@ DISK = f"{DEV}.disks[]"
 IFACE = f"{DEV}.interfaces[]"
 HV = f"{D}.features.hyperv"
 VOL = "spec.volumes[]"
+HOTPLUGGABLE = ("virt-controller's: it attaches the claim through a hotplug pod; the "
+                "converter goes by status.volumeStatus[]: an entry with hotplugVolume makes "
+                "the volume <hotplug-disks>/<volume>.img (or the block device "
+                "<hotplug-disks>/<volume>), in the domain once its phase is MountedToPod or "
+                "Ready")
 
 
 def _hyperv(name: str, element: str) -> tuple[Field, Field]:
@@ -403,13 +408,14 @@ FIELDS: tuple[Field, ...] = (
     _h(f"{VOL}.hostDisk.capacity", "the size DiskOrCreate creates"),
     _i(f"{VOL}.hostDisk.shared", f"migration: {CLUSTER}"),
     _h(f"{VOL}.persistentVolumeClaim", "raw <private>/vmi-disks/<volume>/disk.img, or "
-                                       "<disk type='block'> on /dev/<volume> (block mode)"),
+                                       "<disk type='block'> on /dev/<volume> (block mode); "
+                                       "hotplugged: <hotplug-disks>/<volume>.img or the "
+                                       "block device <hotplug-disks>/<volume>"),
     _i(f"{VOL}.persistentVolumeClaim.claimName", "the kubelet mounts the claim; required, "
                                                  "otherwise unused"),
     _i(f"{VOL}.persistentVolumeClaim.readOnly", "the kubelet's mount; the guest's read-only "
                                                 "view is the disk's readonly"),
-    _i(f"{VOL}.persistentVolumeClaim.hotpluggable", "hotplug is virt-handler's; this "
-                                                    "launcher does not hotplug volumes"),
+    _i(f"{VOL}.persistentVolumeClaim.hotpluggable", HOTPLUGGABLE),
     *_cloud_init("cloudInitNoCloud", "NoCloud (cidata)"),
     *_cloud_init("cloudInitConfigDrive", "ConfigDrive (config-2)"),
     _h(f"{VOL}.sysprep", "an ISO (label unattendCD) of <private>/sysprep/<volume>"),
@@ -430,11 +436,11 @@ FIELDS: tuple[Field, ...] = (
                                                  "it)", ),
     _h(f"{VOL}.emptyDisk", "a fresh qcow2 <ephemeral>/empty-disks/<volume>.qcow2"),
     _h(f"{VOL}.emptyDisk.capacity", "its size"),
-    _h(f"{VOL}.dataVolume", "as persistentVolumeClaim (file or block mode)"),
+    _h(f"{VOL}.dataVolume", "as persistentVolumeClaim (file or block mode, permanent or "
+                            "hotplugged)"),
     _i(f"{VOL}.dataVolume.name", "CDI's DataVolume; the kubelet mounts its claim; "
                                  "required, otherwise unused"),
-    _i(f"{VOL}.dataVolume.hotpluggable", "hotplug is virt-handler's; this launcher does "
-                                         "not hotplug volumes"),
+    _i(f"{VOL}.dataVolume.hotpluggable", HOTPLUGGABLE),
     _h(f"{VOL}.configMap", "an ISO of <private>/config-map/<volume>"),
     _i(f"{VOL}.configMap.name", "the kubelet mounts the configMap"),
     _i(f"{VOL}.configMap.optional", "the kubelet's mount"),
@@ -451,8 +457,8 @@ FIELDS: tuple[Field, ...] = (
                                                    f"{CLUSTER}"),
     _r(f"{VOL}.downwardMetrics", "needs virt-handler's vhostmd metrics writer",
        subtree=True),
-    _r(f"{VOL}.memoryDump", "memory dump volumes are hotplugged by virt-handler; this "
-                            "launcher does not hotplug volumes", subtree=True),
+    _r(f"{VOL}.memoryDump", "a memory dump volume is no guest disk (KubeVirt's converter "
+                            "skips it); this converter does not take one", subtree=True),
     _r(f"{VOL}.containerPath", "virtiofs needs KubeVirt's virtiofsd container",
        subtree=True),
 )

@@ -66,6 +66,15 @@ class ConvertOptions:
     # The launcher's probe (launcher.vm.disks.block_volumes): PVC / DataVolume volumes whose
     # <block_device_dir>/<volume> is a block device (KubeVirt's IsBlockPVC / IsBlockDV).
     block_volumes: frozenset[str] = frozenset()
+    # The launcher's probe for hotplug volumes (KubeVirt's isHotplugBlockDeviceVolume): the
+    # names of spec.volumes[] whose <hotplug_disk_dir>/<volume> is a block device (stat,
+    # S_ISBLK; anything else or missing: leave the name out). A hotplug volume is one with
+    # a status.volumeStatus[] entry of its name that has a hotplugVolume object; the
+    # converter looks a name up here only for such a volume (persistentVolumeClaim,
+    # dataVolume or hostDisk), so probing every volume name is harmless. Listed: <disk
+    # type='block'> on <hotplug_disk_dir>/<volume>; not listed: the file
+    # <hotplug_disk_dir>/<volume>.img. Non-hotplug volumes go by block_volumes.
+    hotplug_block_volumes: frozenset[str] = frozenset()
     disks_info: Mapping[str, DiskInfo] = field(default_factory=dict)
     preallocated_volumes: frozenset[str] = frozenset()
     # interface name -> "tap" | "managedTap" (virt-handler's pod network setup)

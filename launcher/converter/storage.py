@@ -20,6 +20,18 @@ Matched KubeVirt behaviour
 - Volumes (where the data comes from): launcher.converter.volumes and, for cloud-init,
   launcher.converter.cloudinit.
 - A cdrom without a volume is an empty tray (Convert_v1_Missing_Volume_To_api_Disk).
+- Hotplug volumes, as KubeVirt's disk loop (storage/configurator.go) and
+  generateConverterContext: status.volumeStatus[] entries with a hotplugVolume object are
+  hotplug volumes, the others permanent. A disk is in the domain when its volume is
+  permanent or there is no permanent entry at all (a VMI without volumeStatus converts
+  with every disk), when its hotplug volume's phase is MountedToPod or Ready, or when it
+  is an empty cdrom; otherwise it is still built and checked, and keeps its target name
+  and iothread, but left out. The hotplug volume's data: volumes.hotplug (no
+  preparation). A hotplug disk device must be on bus scsi or virtio (virt-api's
+  ValidateHotplugDiskConfiguration); a hotplug cdrom may be on any cdrom bus (media
+  inserted into an existing drive). Controllers follow all the disks, included or not
+  (disk_buses): a scsi hotplug disk gets the virtio-scsi controller even
+  with disableHotplug, as KubeVirt's requiresSCSIController.
 - Validation as virt-api's admitter: disk names are DNS-1123 labels, unique; one target
   type; bus ide / virtio cdroms / read-only sata disks refused; pciAddress only on virtio;
   serial [A-Za-z0-9_.+-]{1,256}; boot orders >= 1 and unique; every volume used by a disk
@@ -61,11 +73,12 @@ from launcher.converter.volumes import (
     source_kind,
 )
 
-__all__ = ["SUPPORTED_SOURCES", "UNSUPPORTED_SOURCES", "build"]
+__all__ = ["SUPPORTED_SOURCES", "UNSUPPORTED_SOURCES", "build", "disk_buses"]
 
 DISK_BUSES = ("virtio", "sata", "scsi", "usb")
 CDROM_BUSES = ("sata", "scsi", "usb")
 LUN_BUSES = ("scsi",)
+HOTPLUG_DISK_BUSES = ("scsi", "virtio")
 CACHE_MODES = ("none", "writethrough", "writeback")
 IO_MODES = ("native", "threads")
 ERROR_POLICIES = ("stop", "ignore", "report", "enospace")
@@ -142,28 +155,75 @@ def _letters_index(letters: str) -> int:
 
 
 # --- entry point ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _VolumeStatus:
+    """status.volumeStatus[] as KubeVirt's generateConverterContext splits it: entries with
+    a hotplugVolume object are hotplug volumes (name -> phase), the others permanent.
+    Malformed entries are skipped: status is KubeVirt's, not the user's to fix."""
+
+    hotplug: dict[str, str]
+    permanent: frozenset[str]
+
+    def included(self, name: str, volume: Volume | None) -> bool:
+        """KubeVirt's disk loop: a disk is in the domain when its volume is permanent (or
+        no permanent volume is reported at all: permReady), when its hotplug volume is
+        mounted into the pod (hotplugReady), or when it is an empty cdrom (no volume)."""
+        perm_ready = name in self.permanent or not self.permanent
+        hotplug_ready = self.hotplug.get(name) in volumes.HOTPLUG_READY_PHASES
+        return perm_ready or hotplug_ready or volume is None
+
+
+def _volume_status(ctx: Context) -> _VolumeStatus:
+    hotplug: dict[str, str] = {}
+    permanent: set[str] = set()
+    for status in ctx.vmi.obj("status").items("volumeStatus"):
+        entry = status.value
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            continue
+        name: str = entry["name"]
+        if isinstance(entry.get("hotplugVolume"), dict):
+            phase = entry.get("phase")
+            hotplug[name] = phase if isinstance(phase, str) else ""
+        else:
+            permanent.add(name)
+    return _VolumeStatus(hotplug, frozenset(permanent))
+
+
+def disk_buses(ctx: Context) -> frozenset[str]:
+    """The buses of all of spec.domain.devices.disks, in the domain or not yet: KubeVirt
+    decides on its controllers from the spec (requiresSCSIController)."""
+    return frozenset(_target(ctx, disk).bus for disk in ctx.devices.items("disks"))
+
+
 def build(ctx: Context, devices: ET.Element) -> None:
-    """Append a <disk> per spec.domain.devices.disks entry to `devices` and the files they
-    need to ctx.preps."""
+    """Append a <disk> per spec.domain.devices.disks entry that is in the domain (see
+    _VolumeStatus.included) to `devices` and the files they need to ctx.preps."""
     disks = ctx.devices.items("disks")
     names = _disk_names(disks)
     volumes = _volumes(ctx, names)
     targets = [_target(ctx, disk) for disk in disks]
+    status = _volume_status(ctx)
     iothreads = _iothread_ids(ctx, disks, targets)
     queues = _block_queues(ctx)
     namer = _Names(_status_targets(ctx, {name: _prefix(target.bus) for name, target
                                           in zip(names, targets, strict=True)}))
     boot_orders: dict[int, str] = {}
     for i, (node, name, target) in enumerate(zip(disks, names, targets, strict=True)):
-        disk = _Disk(node, name, target, _source(node, name, target, volumes.get(name), ctx))
+        volume = volumes.get(name)
+        source = _source(node, name, target, volume, ctx, hotplug=name in status.hotplug)
+        disk = _Disk(node, name, target, source)
         tuning: dict[str, str] = {}
         if target.bus == "virtio":  # libvirt has iothreads and queues for virtio-blk only
             if i in iothreads:
                 tuning["iothread"] = str(iothreads[i])
             if queues:
                 tuning["queues"] = str(queues)
+        # Built (and checked, and named) whether in the domain or not, as KubeVirt does:
+        # a disk waiting for its volume keeps its iothread and target name.
         el = _disk(ctx, disk, namer, tuning)
         _boot_order(node, el, boot_orders)
+        if not status.included(name, volume):
+            continue
         devices.append(el)
         if disk.source.prep is not None:
             ctx.preps.append(disk.source.prep)
@@ -417,7 +477,7 @@ def _block_queues(ctx: Context) -> int | None:
 
 # --- the data side --------------------------------------------------------------------------
 def _source(disk: Node, name: str, target: _Target, volume: Volume | None,
-            ctx: Context) -> Source:
+            ctx: Context, *, hotplug: bool) -> Source:
     if volume is None:
         if target.device != "cdrom":
             disk.fail(f"no volume named {_q(name)} in spec.volumes", "name")
@@ -425,6 +485,13 @@ def _source(disk: Node, name: str, target: _Target, volume: Volume | None,
     if target.device == "lun" and volume.kind not in CLAIM_SOURCES:
         disk.fail(f"a lun needs a block-mode persistentVolumeClaim or dataVolume, not "
                   f"{volume.kind}", "lun")
+    if hotplug:
+        if target.device == "disk" and target.bus not in HOTPLUG_DISK_BUSES:
+            # virt-api's ValidateHotplugDiskConfiguration (a lun is on scsi already; a
+            # cdrom takes hotplugged media on any bus).
+            target.node.fail(f"a hotplug disk must be on bus scsi or virtio, not "
+                             f"{_q(target.bus)}", "bus")
+        return volumes.hotplug(ctx, volume, target.device)
     # Generated images: read-only but on a sata hard disk (QEMU's ide-hd cannot be).
     readonly = not (target.device == "disk" and target.bus == "sata")
     if volume.kind == "containerDisk":

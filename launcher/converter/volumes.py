@@ -9,6 +9,15 @@ Matched KubeVirt behaviour
 - persistentVolumeClaim / dataVolume: raw <private>/vmi-disks/VOLUME/disk.img, or, when
   the launcher's probe found <block-device-dir>/VOLUME to be a block device (a block-mode
   PVC: KubeVirt's IsBlockPVC / IsBlockDV), <disk type='block'> on that device.
+- Hotplug volumes (status.volumeStatus[] entry of the same name with a hotplugVolume
+  object; storage.build decides when the disk is in the domain): a persistentVolumeClaim
+  or dataVolume (or hostDisk, which KubeVirt's convert_v1_Hotplug_Volume_To_api_Disk also
+  takes) is raw <hotplug-disks>/VOLUME.img, or <disk type='block'> on
+  <hotplug-disks>/VOLUME when the launcher's probe found that to be a block device
+  (opts.hotplug_block_volumes, KubeVirt's isHotplugBlockDeviceVolume). virt-handler
+  mounts them into the pod: no preparation, the launcher neither creates nor touches
+  them. Any other source is refused as KubeVirt refuses it ("hotplug disk NAME
+  references an unsupported source").
 - ephemeral: a qcow2 overlay at the containerDisk overlay path on the PVC (its image or
   its block device) as a read-only raw backing store.
 - hostDisk: raw <private>/vmi-disks/VOLUME/<basename of path> (where KubeVirt mounts the
@@ -29,7 +38,10 @@ Deliberate differences
   QEMU cannot make read-only); KubeVirt leaves them writable, though it rewrites them
   every start.
 - Not supported, naming the field: downwardMetrics (needs virt-handler's vhostmd metrics
-  writer), memoryDump (a hotplug volume), a file-based volume under a lun.
+  writer), memoryDump (no guest disk: KubeVirt's converter skips it), a file-based volume
+  under a lun.
+- No changed block tracking (KubeVirt's ApplyCBT qcow2 overlay on a hotplug volume): the
+  hotplug disk is always the raw file or device itself.
 """
 
 from __future__ import annotations
@@ -53,6 +65,12 @@ HOST_DISK_TYPES = ("Disk", "DiskOrCreate")
 BACKING_FORMATS = ("raw", "qcow2")
 CLAIM_SOURCES = ("persistentVolumeClaim", "dataVolume")
 CLOUD_INIT_SOURCES = ("cloudInitNoCloud", "cloudInitConfigDrive")
+# The sources KubeVirt's convert_v1_Hotplug_Volume_To_api_Disk takes (hostDisk: a PVC
+# virt-handler's ReplacePVCByHostDisk rewrote).
+HOTPLUG_SOURCES = (*CLAIM_SOURCES, "hostDisk")
+# status.volumeStatus[].phase of a hotplug volume whose disk is in the domain (KubeVirt's
+# HotplugVolumeMounted and VolumeReady).
+HOTPLUG_READY_PHASES = ("MountedToPod", "Ready")
 # kind -> (source directory under the private dir, ISO directory under it)
 CONFIG_DIRS = {"configMap": ("config-map", "config-map-disks"),
                "secret": ("secret", "secret-disks"),
@@ -63,8 +81,8 @@ SUPPORTED_SOURCES = ("containerDisk", *CLAIM_SOURCES, "ephemeral", "hostDisk", "
 UNSUPPORTED_SOURCES = {
     "downwardMetrics": "needs virt-handler's vhostmd metrics writer, which this launcher "
                        "does not have",
-    "memoryDump": "memory dump volumes are hotplugged by virt-handler; this launcher does "
-                  "not hotplug volumes",
+    "memoryDump": "a memory dump volume is no guest disk (KubeVirt's converter skips it); "
+                  "this converter does not take one in spec.volumes",
     "containerPath": "a container path is shared through virtiofs, which needs KubeVirt's "
                      "virtiofsd container",
 }
@@ -154,18 +172,46 @@ def block_device(ctx: Context, volume: Volume) -> str:
     return _join(ctx.opts.block_device_dir, volume.name)
 
 
-def claim(ctx: Context, volume: Volume, device: str) -> Source:
+def _claim_fields(volume: Volume) -> None:
     source = volume.source
     source.req_str("claimName" if volume.kind == "persistentVolumeClaim" else "name",
                    nonempty=True)
     source.bool("readOnly")
     source.bool("hotpluggable")
+
+
+def claim(ctx: Context, volume: Volume, device: str) -> Source:
+    _claim_fields(volume)
     if is_block(ctx, volume) or device == "lun":
         # A lun needs a device: the block-mode claim's, whatever the probe said.
         dev = block_device(ctx, volume)
         return Source("block", dev, "raw", discard=True, prep=FileDisk(volume.name, dev))
     path = _join(ctx.opts.private_dir, "vmi-disks", volume.name, "disk.img")
     return Source("file", path, "raw", discard=True, prep=FileDisk(volume.name, path))
+
+
+def hotplug(ctx: Context, volume: Volume, device: str) -> Source:
+    """A hotplug volume (KubeVirt's convert_v1_Hotplug_Volume_To_api_Disk without CBT):
+    the file or block device virt-handler mounted into the pod's hotplug directory. No
+    preparation: the launcher must not create or touch it."""
+    if volume.kind not in HOTPLUG_SOURCES:
+        volume.node.fail(f"hotplug disk {q(volume.name)} references an unsupported source "
+                         f"(a hotplug volume is a persistentVolumeClaim or dataVolume)",
+                         volume.kind)
+    if volume.kind in CLAIM_SOURCES:
+        _claim_fields(volume)
+    else:  # hostDisk: KubeVirt reads none of its fields for a hotplug volume
+        source = volume.source
+        source.str("path")
+        source.str("type")
+        source.byte_size("capacity")
+        source.bool("shared")
+    if volume.name in ctx.opts.hotplug_block_volumes or device == "lun":
+        # A lun needs a device, as for a permanent claim.
+        return Source("block", _join(ctx.opts.hotplug_disk_dir, volume.name), "raw",
+                      discard=True)
+    return Source("file", _join(ctx.opts.hotplug_disk_dir, f"{volume.name}.img"), "raw",
+                  discard=True)
 
 
 def ephemeral(ctx: Context, volume: Volume) -> Source:

@@ -120,7 +120,7 @@ def test_cloud_init_from_a_secret() -> None:
 
 
 @pytest.mark.parametrize(("kind", "why"), [
-    ("downwardMetrics", "vhostmd"), ("memoryDump", "hotplug")])
+    ("downwardMetrics", "vhostmd"), ("memoryDump", "no guest disk")])
 def test_refused_volume_kinds_say_why(kind: str, why: str) -> None:
     doc = with_volume({"name": "v", kind: {}})
     with pytest.raises(ConversionError) as info:
