@@ -11,8 +11,12 @@ live-migration-target.go and cmd-server).
   virt-handler takes as "the target has the VM" (migration-target.go: ackMigrationCompletion).
 - SignalTargetPodCleanup: when this pod (POD_NAME) is the VMI's migrationState.targetPod
   and no domain runs here, the launcher ends (KubeVirt's early-exit signal).
-- FinalizeVirtualMachineMigration: the guest clock is re-synchronized through the agent
-  (the guest was stopped for the switch-over), best effort as KubeVirt's.
+- FinalizeVirtualMachineMigration: the guest clock is set to the host's time through the
+  agent (the guest was stopped for the switch-over), as KubeVirt's setGuestTime: in the
+  background (the rpc answers at once), once per launcher, an explicit time (seconds and
+  nanoseconds now) retried each second for up to 60 s while the agent is unresponsive or
+  the call fails otherwise, given up at once when the agent cannot do it (operation or
+  argument unsupported) or the domain is gone; cancelled when the launcher shuts down.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -36,6 +41,16 @@ from launcher.vm.sync import Syncer
 
 POLL_S = 0.2
 POD_NAME_ENV = "POD_NAME"
+CLOCK_SYNC_INTERVAL_S = 1.0  # KubeVirt's setGuestTime: a try each second...
+CLOCK_SYNC_TIMEOUT_S = 60.0  # ... for up to a minute
+# Errors after which another try cannot help: KubeVirt gives up on the first two (the agent
+# cannot set the time, or no agent channel is configured); ours also when the domain is gone
+# (KubeVirt's lookup failing).
+CLOCK_SYNC_GIVE_UP = {
+    libvirt.VIR_ERR_OPERATION_UNSUPPORTED: "not supported",
+    libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED: "agent not configured",
+    libvirt.VIR_ERR_NO_DOMAIN: "no domain",
+}
 # Still migrating: the incoming domain paused for the migration, or running in post-copy
 # (its memory still arriving).
 _MIGRATING = {
@@ -66,6 +81,8 @@ class MigrationTarget:
         self.migration_uid = ""
         self.request_stop: Callable[[], None] = lambda: None  # set by the supervisor
         self._monitor: asyncio.Task[None] | None = None
+        self._clock: asyncio.Task[bool] | None = None
+        self.now: Callable[[], float] = time.time  # the time given to the guest
         self._log = structlog.get_logger().bind(part="migration", role="target",
                                                 domain=domain)
 
@@ -73,7 +90,12 @@ class MigrationTarget:
         uid = (mo.migration_state(vmi) or {}).get("migrationUid")
         await self.syncer.prepare_target(vmi, options)
         proxy_dir = os.path.join(self.paths.share_dir, "migrationproxy")
+        # KubeVirt's: 0755 (our umask would make it 0700), owned by QEMU's user - the
+        # launcher's own, in both modes (root: QEMU runs as root here; --run-as-nonroot: the
+        # session daemon's QEMU runs as the launcher's user), so the incoming QEMU can create
+        # its listening sockets in it.
         os.makedirs(proxy_dir, mode=0o755, exist_ok=True)
+        os.chmod(proxy_dir, 0o755)
         self.migration_uid = uid if isinstance(uid, str) else ""
         if self._monitor is None or self._monitor.done():
             self._monitor = asyncio.ensure_future(self._watch())
@@ -119,17 +141,50 @@ class MigrationTarget:
         return "target pod cleanup"
 
     async def finalize(self) -> None:
-        def sync_clock(dom: Any) -> None:
-            dom.setTime(None, libvirt.VIR_DOMAIN_TIME_SYNC)
-        try:
-            await self.access.call(sync_clock)
-            self._log.info("guest clock synchronized after the migration")
-        except libvirt.libvirtError as exc:
-            # KubeVirt logs it and goes on: a guest without an agent keeps its clock.
-            self._log.warning("guest clock not synchronized", error=libvirt_message(exc))
+        """FinalizeVirtualMachineMigration: the guest clock's sync starts in the background,
+        once per launcher (KubeVirt's setTimeOnce); the rpc does not wait for it."""
+        if self._clock is None:
+            self._clock = asyncio.ensure_future(self.sync_clock())
+
+    async def sync_clock(self) -> bool:
+        """Set the guest's clock to the host's time through the agent (qemu-ga's
+        guest-set-time: settimeofday, then hwclock -w). True once it was set."""
+        def set_time(dom: Any) -> None:
+            now = self.now()
+            secs = int(now)
+            dom.setTime({"seconds": secs, "nseconds": int((now - secs) * 1e9)}, 0)
+
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + CLOCK_SYNC_TIMEOUT_S
+        attempts = 0
+        latest = ""
+        while True:
+            attempts += 1
+            try:
+                await self.access.call(set_time)
+            except libvirt.libvirtError as exc:
+                latest = libvirt_message(exc)
+                why = CLOCK_SYNC_GIVE_UP.get(exc.get_error_code() or 0)
+                if why is not None:
+                    self._log.warning(f"guest clock not synchronized: {why}", error=latest)
+                    return False
+            except ConnectionError as exc:  # the daemon restarting: it may come back
+                latest = str(exc)
+            else:
+                self._log.info("guest clock synchronized after the migration",
+                               attempts=attempts)
+                return True
+            self._log.debug("guest clock not synchronized yet", error=latest,
+                            attempts=attempts)
+            if loop.time() + CLOCK_SYNC_INTERVAL_S > give_up_at:
+                self._log.error("failed to sync the guest clock after the migration",
+                                attempts=attempts, error=latest)
+                return False
+            await asyncio.sleep(CLOCK_SYNC_INTERVAL_S)
 
     async def close(self) -> None:
-        if self._monitor is not None:
-            self._monitor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._monitor
+        for task in (self._monitor, self._clock):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task

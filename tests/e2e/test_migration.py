@@ -263,20 +263,25 @@ def test_no_progress_for_progress_timeout_aborts(pods: Pods) -> None:
     assert meta["FailureReason"].startswith("Live migration stuck for "), meta
 
 
-def test_completion_timeout_aborts_without_workload_disruption(pods: Pods) -> None:
-    # post-copy allowed but not workload disruption: KubeVirt aborts, so do we
+@pytest.mark.parametrize("post_copy", [True, False])
+def test_completion_timeout_aborts_without_workload_disruption(pods: Pods,
+                                                               post_copy: bool) -> None:
+    # no workload disruption allowed: KubeVirt aborts, post-copy allowed or not; so do we
     start_migration(pods, "mig-slow", Bandwidth="1Mi", CompletionTimeoutPerGiB=3,
-                    AllowPostCopy=True, AllowWorkloadDisruption=False)
+                    AllowPostCopy=post_copy, AllowWorkloadDisruption=False)
     meta = failed_on_source(pods, "the slow migration's failure")
     assert meta["FailureReason"].startswith("Live migration is not completed after "), meta
     assert meta["Mode"] == "PreCopy", meta
 
 
+DIRTY_MEMORY = ("mkdir -p /run/dirty && mount -t tmpfs -o size=64m tmpfs /run/dirty && "
+                "(while :; do dd if=/dev/urandom of=/run/dirty/f bs=1M count=48 2>/dev/null;"
+                " done) > /dev/null 2>&1 &")
+
+
 def test_completion_timeout_switches_to_post_copy_when_allowed(pods: Pods) -> None:
     # a guest that dirties memory fast: a busybox loop rewriting a tmpfs file
-    shell(pods.src_cmd, "mkdir -p /run/dirty && mount -t tmpfs -o size=64m tmpfs /run/dirty"
-                        " && (while :; do dd if=/dev/urandom of=/run/dirty/f bs=1M "
-                        "count=48 2>/dev/null; done) > /dev/null 2>&1 &")
+    shell(pods.src_cmd, DIRTY_MEMORY)
     boot_id = shell(pods.src_cmd, "cat /proc/sys/kernel/random/boot_id").strip()
     start_migration(pods, "mig-post", Bandwidth="2Mi", CompletionTimeoutPerGiB=3,
                     AllowPostCopy=True, AllowWorkloadDisruption=True)
@@ -289,6 +294,84 @@ def test_completion_timeout_switches_to_post_copy_when_allowed(pods: Pods) -> No
         lambda e: status(e)[0] == "Running" and migration_meta(e).get("EndTimestamp"),
         60, "Running on the target")
     assert shell(pods.tgt_cmd, "cat /proc/sys/kernel/random/boot_id").strip() == boot_id
+
+
+def test_completion_timeout_pauses_the_guest_with_workload_disruption_allowed(
+        pods: Pods) -> None:
+    # The guest dirties its memory faster than pre-copy can catch up at 16 MiB/s (it would
+    # need less than 16 MiB/s x 300 ms left to switch over); the first pass over its 256 MiB
+    # fits well within the 30 s completion time (< 1 GiB to move: 30 s x 1). Post-copy not
+    # allowed, workload disruption allowed: KubeVirt's monitor pauses the guest, and with
+    # nothing dirtied any more the migration completes, well before the doubled deadline.
+    shell(pods.src_cmd, DIRTY_MEMORY)
+    boot_id = shell(pods.src_cmd, "cat /proc/sys/kernel/random/boot_id").strip()
+    t0 = time.monotonic()
+    start_migration(pods, "mig-pause", Bandwidth="16Mi", CompletionTimeoutPerGiB=30,
+                    AllowPostCopy=False, AllowWorkloadDisruption=True)
+    done = pods.source_events.wait_domain(
+        lambda e: status(e) == ("Shutoff", "Migrated") and migration_meta(e).get(
+            "EndTimestamp"), 150, "Shutoff/Migrated after the pause")
+    took = time.monotonic() - t0
+    meta = migration_meta(done)
+    assert meta["Mode"] == "Paused" and meta["Failed"] is False, meta
+    assert meta["UID"] == "mig-pause" and not meta.get("AbortStatus"), meta
+    logged = pods.source.logged("pausing the guest so the migration completes")
+    assert logged, "the monitor never paused the guest"
+    print(f"migration took {took:.1f}s, paused at {logged[0].get('elapsed_s')}s")
+    # what virt-handler read on the source meanwhile: the domain Paused for the migration
+    # with the metadata's Mode Paused (its PausedByMigrationMonitor condition)
+    seen = [(status(e), migration_meta(e).get("Mode")) for e in pods.source_events.domains()]
+    assert (("Paused", "Migration"), "Paused") in seen, seen
+    # the target resumes the guest (libvirt: the migration started without
+    # VIR_MIGRATE_PAUSED; KubeVirt's target is not told of the pause either): Running
+    arrived = pods.target_events.wait_domain(
+        lambda e: status(e)[0] == "Running" and migration_meta(e).get("EndTimestamp"),
+        60, "Running on the target")
+    print(f"target snapshot: {status(arrived)}, Mode {migration_meta(arrived).get('Mode')}")
+    state = pods.target.view.virsh("domstate", "--reason", pods.source.paths.domain)
+    assert state.stdout.strip().startswith("running"), (state.stdout, state.stderr)
+    print(f"target domstate: {state.stdout.strip()}")
+    # the same guest, running there: its dirtying loop still goes on
+    assert shell(pods.tgt_cmd, "cat /proc/sys/kernel/random/boot_id").strip() == boot_id
+    def uptime_and_mtime() -> list[str]:
+        return shell(pods.tgt_cmd, "cut -d' ' -f1 /proc/uptime; stat -c %Y /run/dirty/f"
+                     ).split()
+    first = uptime_and_mtime()
+    later = wait_for(lambda: (now := uptime_and_mtime())[1] != first[1] and now, 30,
+                     interval=0.5, what="the guest's loop rewriting its file on the target")
+    assert float(later[0]) > float(first[0]), (first, later)
+    status_after = pods.target.view.virsh("domstate", pods.source.paths.domain)
+    assert status_after.stdout.strip() == "running", status_after.stdout
+    assert pods.target_events.wait_last(lambda e: status(e)[0] == "Running", 10,
+                                        "the target's newest snapshot Running")
+
+
+def test_finalize_sets_the_guest_clock_to_the_hosts(pods: Pods) -> None:
+    doc = start_migration(pods, "mig-clock")
+    pods.source_events.wait_domain(
+        lambda e: status(e) == ("Shutoff", "Migrated") and migration_meta(e).get(
+            "EndTimestamp"), 120, "Shutoff/Migrated")
+    pods.target_events.wait_domain(
+        lambda e: status(e)[0] == "Running" and migration_meta(e).get("EndTimestamp")
+        and agent_state(e) == "connected", 120, "Running on the target with its agent")
+    tgt = pods.tgt_cmd
+    # the guest's clock an hour behind (as after a long switch-over, much exaggerated)
+    shell(tgt, f"date -s @{int(time.time()) - 3600} > /dev/null")
+    skew = int(shell(tgt, "date +%s")) - time.time()
+    assert -3700 < skew < -3500, skew
+    t0 = time.monotonic()
+    resp = call(tgt, "FinalizeVirtualMachineMigration", doc)
+    assert resp.success, resp.message
+    assert time.monotonic() - t0 < 5  # the sync does not hold up the rpc
+
+    def in_sync() -> tuple[float] | None:  # (a tuple: an offset of 0.0 is a success)
+        off = int(shell(tgt, "date +%s")) - time.time()
+        return (off,) if abs(off) < 3 else None
+    (off,) = wait_for(in_sync, 30, interval=0.5, what="the guest clock at the host's time")
+    synced = pods.target.proc.logged("guest clock synchronized after the migration")
+    assert synced, "no clock sync logged"  # libvirt's success: qemu-ga ran /sbin/hwclock -w
+    print(f"guest clock synced in {time.monotonic() - t0:.1f}s, {off:+.1f}s off the host "
+          f"(whole seconds in the guest), attempts {synced[0].get('attempts')}")
 
 
 def test_the_proxy_going_away_fails_the_migration_and_the_guest_stays(pods: Pods) -> None:

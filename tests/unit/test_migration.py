@@ -7,17 +7,23 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
+import stat
+import time
 import xml.etree.ElementTree as ET
+from pathlib import Path
 from typing import Any
 
 import libvirt
 import pytest
 
 from launcher.notify.domain_json import spec_from_xml
+from launcher.paths import Paths
 from launcher.vm import migration_meta as mm
 from launcher.vm import migration_options as mo
+from launcher.vm import migration_target
 from launcher.vm.migration_source import MigrationSource, _Running
-from launcher.vm.migration_target import arrived
+from launcher.vm.migration_target import MigrationTarget, arrived
 
 
 def test_options_from_virt_handlers_json() -> None:
@@ -207,3 +213,128 @@ def test_convergence_follows_kubevirts_rule(post_copy: bool, disruption: bool,
             assert dom.calls == ["post-copy"]
 
     asyncio.run(scenario())
+
+
+# --- the target: migrationproxy/, FinalizeVirtualMachineMigration's guest clock -----------
+def _libvirt_error(code: int) -> libvirt.libvirtError:
+    exc = libvirt.libvirtError("setTime failed")
+    exc.err = (code, 0, f"error {code}", 0, "", "", "", 0, 0)
+    return exc
+
+
+class _ClockDom:
+    """Fails setTime with `errors` in turn, then succeeds; records the times it was given."""
+
+    def __init__(self, errors: list[int]) -> None:
+        self.errors = list(errors)
+        self.times: list[tuple[dict[str, int], int]] = []
+
+    def setTime(self, time: dict[str, int], flags: int) -> int:
+        self.times.append((time, flags))
+        if self.errors:
+            raise _libvirt_error(self.errors.pop(0))
+        return 0
+
+    def state(self) -> tuple[int, int]:
+        return (libvirt.VIR_DOMAIN_SHUTOFF, 0)
+
+
+class _TargetAccess(_Access):
+    connected = True
+
+    async def state(self) -> tuple[int, int] | None:
+        return None  # nothing arrived (the target monitor keeps waiting)
+
+
+class _Syncer:
+    async def prepare_target(self, vmi: Any, options: Any) -> None:
+        pass
+
+
+def _target(dom: Any, share_dir: str = "/nonexistent", nonroot: bool = False
+            ) -> MigrationTarget:
+    paths = Paths(root="/", nonroot=nonroot, daemon="virtqemud", domain="ns_vm", uid="u-1",
+                  share_dir=share_dir, ephemeral_disk_dir="", container_disk_dir="",
+                  hotplug_disk_dir="")
+    target = MigrationTarget(access=_TargetAccess(dom), relay=_Relay(),  # type: ignore[arg-type]
+                             paths=paths, syncer=_Syncer(),  # type: ignore[arg-type]
+                             domain="ns_vm", environ={})
+    target.now = lambda: 1_700_000_000.25
+    return target
+
+
+@pytest.fixture
+def fast_clock_sync(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(migration_target, "CLOCK_SYNC_INTERVAL_S", 0.01)
+    monkeypatch.setattr(migration_target, "CLOCK_SYNC_TIMEOUT_S", 0.2)
+
+
+@pytest.mark.parametrize(("errors", "synced", "tries"), [
+    ([], True, 1),
+    # the agent not there yet, then a failed hwclock: retried each interval until it works
+    ([libvirt.VIR_ERR_AGENT_UNRESPONSIVE, libvirt.VIR_ERR_INTERNAL_ERROR], True, 3),
+    # the agent cannot do it, no agent channel, no domain: given up at once
+    ([libvirt.VIR_ERR_OPERATION_UNSUPPORTED], False, 1),
+    ([libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED], False, 1),
+    ([libvirt.VIR_ERR_NO_DOMAIN], False, 1),
+])
+def test_the_guest_clock_sync_retries_or_gives_up_as_kubevirts(
+        fast_clock_sync: None, errors: list[int], synced: bool, tries: int) -> None:
+    dom = _ClockDom(errors)
+    assert asyncio.run(_target(dom).sync_clock()) is synced
+    # an explicit time, the host's, seconds and nanoseconds (KubeVirt's SetTime(now))
+    assert dom.times == [({"seconds": 1_700_000_000, "nseconds": 250_000_000}, 0)] * tries
+
+
+def test_the_guest_clock_sync_gives_up_after_its_timeout(fast_clock_sync: None) -> None:
+    dom = _ClockDom([libvirt.VIR_ERR_AGENT_UNRESPONSIVE] * 1000)
+    t0 = time.monotonic()
+    assert asyncio.run(_target(dom).sync_clock()) is False
+    assert time.monotonic() - t0 < 1
+    assert 5 <= len(dom.times) <= 21, len(dom.times)  # ~0.2 s / 0.01 s
+
+
+def test_finalize_answers_at_once_syncs_once_and_is_cancelled_on_close(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(migration_target, "CLOCK_SYNC_INTERVAL_S", 0.05)
+    dom = _ClockDom([libvirt.VIR_ERR_AGENT_UNRESPONSIVE] * 1000)
+    target = _target(dom)
+
+    async def scenario() -> None:
+        t0 = time.monotonic()
+        await target.finalize()
+        assert time.monotonic() - t0 < 0.05  # the rpc does not wait for the agent
+        await asyncio.sleep(0.12)
+        await target.finalize()  # once per launcher, as KubeVirt's setTimeOnce
+        await asyncio.sleep(0.12)
+        tried = len(dom.times)
+        assert 3 <= tried <= 7, tried  # one sync running, not two
+        await target.close()  # the launcher shutting down: the retries stop
+        await asyncio.sleep(0.15)
+        assert len(dom.times) == tried
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("nonroot", [False, True])
+def test_the_target_creates_migrationproxy_for_qemus_user(tmp_path: Path,
+                                                          nonroot: bool) -> None:
+    """The incoming QEMU creates its listening sockets in <share>/migrationproxy/: KubeVirt
+    makes it 0755 and the qemu user's. Here QEMU runs as the launcher's user in both modes
+    (root: qemu.conf user root; --run-as-nonroot: the session daemon's QEMU), so the
+    launcher's user owns it - also under the launcher's umask 077."""
+    target = _target(_ClockDom([]), share_dir=str(tmp_path / "share"), nonroot=nonroot)
+    doc = {"status": {"migrationState": {"migrationUid": "m-1", "targetPod": "p"}}}
+
+    async def scenario() -> None:
+        old = os.umask(0o077)
+        try:
+            assert await target.prepare(doc, None) == "migration target prepared"
+        finally:
+            os.umask(old)
+            await target.close()
+
+    asyncio.run(scenario())
+    st = (tmp_path / "share" / "migrationproxy").stat()
+    assert stat.S_IMODE(st.st_mode) == 0o755 and st.st_uid == os.geteuid()
+    assert target.migration_uid == "m-1"
