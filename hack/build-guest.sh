@@ -166,6 +166,7 @@ while read -r applet; do
   [[ -e $R/bin/$applet ]] || ln -s busybox "$R/bin/$applet"
 done < <("$BUSYBOX" --list)
 ln -s ../bin/busybox "$R/sbin/init"
+ln -s ../bin/busybox "$R/sbin/hwclock" # qemu-ga's guest-set-time runs /sbin/hwclock
 ln -s bin/busybox "$R/init" # the kernel runs /init from an initramfs
 
 # qemu-ga and the shared libraries it links (ldd), including the dynamic loader.
