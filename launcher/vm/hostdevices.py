@@ -46,17 +46,19 @@ class HostDevice:
     xml: str
 
 
-def sriov_interfaces(vmi: Mapping[str, Any]) -> list[tuple[int, Mapping[str, Any]]]:
+def _obj(doc: Any, key: str) -> dict[str, Any]:
+    value = doc.get(key) if isinstance(doc, Mapping) else None
+    return value if isinstance(value, dict) else {}
+
+
+def sriov_interfaces(vmi: Mapping[str, Any]) -> list[tuple[int, dict[str, Any]]]:
     """(index, interface) of the SR-IOV interfaces Multus reports for the pod."""
-    spec = vmi.get("spec") if isinstance(vmi.get("spec"), dict) else {}
-    domain = spec.get("domain") if isinstance(spec.get("domain"), dict) else {}
-    devices = domain.get("devices") if isinstance(domain.get("devices"), dict) else {}
-    status = vmi.get("status") if isinstance(vmi.get("status"), dict) else {}
+    devices = _obj(_obj(_obj(vmi, "spec"), "domain"), "devices")
     reported = set()
-    for entry in status.get("interfaces") or ():
+    for entry in _obj(vmi, "status").get("interfaces") or ():
         if isinstance(entry, dict) and MULTUS_STATUS in str(entry.get("infoSource", "")):
             reported.add(entry.get("name"))
-    found = []
+    found: list[tuple[int, dict[str, Any]]] = []
     for i, iface in enumerate(devices.get("interfaces") or ()):
         if isinstance(iface, dict) and isinstance(iface.get("sriov"), dict) \
                 and iface.get("name") in reported:

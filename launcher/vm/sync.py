@@ -375,7 +375,9 @@ class Syncer:
         """The block-mode volumes found in the pod (KubeVirt's isBlockDeviceVolume: the
         converter stays pure and takes them as input), then the conversion."""
         block = disks.block_volumes(vmi, opts.block_device_dir)
-        return self._convert(vmi, replace(opts, block_volumes=block))
+        hotplug_block = disks.block_volumes(vmi, opts.hotplug_disk_dir)
+        return self._convert(vmi, replace(opts, block_volumes=block,
+                                          hotplug_block_volumes=hotplug_block))
 
     async def _prepare_disks(self, preps: Sequence[Prep], uid: str) -> None:
         def run() -> None:

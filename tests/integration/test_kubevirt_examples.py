@@ -52,9 +52,8 @@ REFUSED = {
                                          "virtiofs (needs virt-handler's virtiofsd)"),
     "vmi-dra-pgpu.json": ("spec.domain.devices.gpus", "GPU"),
     "vmi-gpu.json": ("spec.domain.devices.gpus", "GPU"),
-    "vmi-multus-multiple-net.json": ("spec.networks[1].multus", "Multus"),
-    "vmi-multus-ptp.json": ("spec.networks[0].multus", "Multus"),
-    "vmi-sriov.json": ("spec.networks[1].multus", "SR-IOV over Multus"),
+    "vmi-sriov.json": ("spec.domain.devices.interfaces[1].sriov",
+                       "the SR-IOV binding (a PCI host device at start)"),
     "vmi-usb.json": ("spec.domain.devices.hostDevices", "host USB devices"),
 }
 

@@ -13,6 +13,7 @@ import libvirt
 import pytest
 
 from launcher.vm import hostdevices, hotplug, resources
+from launcher.vm.disks import DiskError
 from launcher.vm.xmldiff import restart_needed
 
 HP = "/var/run/kubevirt/hotplug-disks"
@@ -42,6 +43,12 @@ ROOT = disk("vda", "/var/run/kubevirt-ephemeral-disks/disk-data/root/disk.qcow2"
             bus="virtio")
 ready_all = lambda path, root, volume: True  # noqa: E731
 ready_none = lambda path, root, volume: False  # noqa: E731
+
+
+def find(elem: ET.Element, path: str) -> ET.Element:
+    found = elem.find(path)
+    assert found is not None, path
+    return found
 
 
 def keys(plan: hotplug.Plan) -> list[tuple[str, str, str]]:
@@ -82,8 +89,8 @@ def test_cdrom_media_inject_and_eject() -> None:
     inject = hotplug.plan(domain(ROOT, empty), domain(ROOT, full), HP, ready=ready_all)
     assert keys(inject) == [("update", "disk", "sda")]
     updated = ET.fromstring(inject.changes[0].xml)
-    assert updated.find("source").get("file") == f"{HP}/iso.img"
-    assert updated.find("driver").get("type") == "raw"
+    assert find(updated, "source").get("file") == f"{HP}/iso.img"
+    assert find(updated, "driver").get("type") == "raw"
     eject = hotplug.plan(domain(ROOT, full), domain(ROOT, empty), HP, ready=ready_all)
     assert keys(eject) == [("update", "disk", "sda")]
     assert ET.fromstring(eject.changes[0].xml).find("source") is None
@@ -116,7 +123,7 @@ def test_disk_ready_follows_kubevirt(tmp_path: Path) -> None:
     Path(hp, "ok.img").write_bytes(b"")
     assert hotplug.disk_ready(f"{hp}/ok.img", hp, "ok") is True
     os.mkdir(f"{hp}/dir.img")
-    with pytest.raises(hotplug.DiskError, match="not a regular file or block device"):
+    with pytest.raises(DiskError, match="not a regular file or block device"):
         hotplug.disk_ready(f"{hp}/dir.img", hp, "dir")
 
 
@@ -127,7 +134,7 @@ def test_interfaces_attach_detach_and_link_state() -> None:
     assert keys(plan) == [("detach", "interface", "ua-gone"), ("link", "interface", "ua-default"),
                           ("attach", "interface", "ua-net1")]
     link = ET.fromstring(plan.changes[1].xml)
-    assert link.find("link").get("state") == "down"
+    assert find(link, "link").get("state") == "down"
     # The tap virt-handler creates is not there yet: the interface waits.
     waiting = hotplug.plan(live, new, HP, iface_ready=lambda i: False)
     assert waiting.waiting == ("interface net1",)
@@ -250,8 +257,8 @@ def vmi_mem(guest: str, at_boot: str | None = "1Gi") -> dict[str, Any]:
 def test_memory_requested_is_guest_minus_guest_at_boot() -> None:
     change = resources.memory_change(vmi_mem("1536Mi"), mem_xml(0))
     assert change is not None and change.requested == 512 * 2**20
-    target = ET.fromstring(change.xml).find("target")
-    assert target.find("requested").text == str(512 * 1024)
+    target = find(ET.fromstring(change.xml), "target")
+    assert find(target, "requested").text == str(512 * 1024)
     assert target.find("current") is None  # read-only in libvirt
     assert resources.memory_change(vmi_mem("1536Mi"), mem_xml(512)) is None
     # Without status.memory.guestAtBoot, the boot memory is the NUMA cell.
@@ -299,10 +306,10 @@ def test_host_device_present_in_the_pod_is_attached_once(tmp_path: Path) -> None
                                     pci_devices=str(pci))
     assert [(d.name, d.pci) for d in devices] == [("sriov1", "0000:81:00.2")]
     el = ET.fromstring(devices[0].xml)
-    assert el.find("source/address").attrib == {"domain": "0x0000", "bus": "0x81",
+    assert find(el, "source/address").attrib == {"domain": "0x0000", "bus": "0x81",
                                                 "slot": "0x00", "function": "0x2"}
-    assert el.find("alias").get("name") == "ua-sriov-sriov1"
-    assert el.find("address").get("bus") == "0x0a"
+    assert find(el, "alias").get("name") == "ua-sriov-sriov1"
+    assert find(el, "address").get("bus") == "0x0a"
     attached = domain(devices[0].xml)
     assert hostdevices.to_attach(sriov_vmi("sriov1"), attached, info,
                                  pci_devices=str(pci)) == []

@@ -94,6 +94,13 @@ D, DEV, DISK, IFACE, VOL = ("spec.domain", "spec.domain.devices",
 HV = f"{D}.features.hyperv"
 X = {f"{DEV}.disks[]": [{"name": "rootdisk", "disk": {"bus": "virtio"}}]}
 ONE_GI = 2**30
+_BRIDGE: list[dict[str, Any]] = [{"name": "default", "bridge": {}}]
+MULTUS_CTX: dict[str, Any] = {"spec.networks[]": [{"name": "default"}], f"{IFACE}": _BRIDGE}
+MULTUS_NAD_CTX: dict[str, Any] = {"spec.networks[]": [{"name": "default", "multus": {}}],
+                                  f"{IFACE}": _BRIDGE}
+MULTUS_DEFAULT_CTX: dict[str, Any] = {
+    "spec.networks[]": [{"name": "default", "multus": {"networkName": "n"}}],
+    f"{IFACE}": _BRIDGE}
 
 CASES: dict[str, Case] = {
     "spec.startStrategy": _case("Paused"),
@@ -114,15 +121,9 @@ CASES: dict[str, Case] = {
     "spec.networks[].name": _case("default"),
     "spec.networks[].pod.vmNetworkCIDR": _case("10.10.10.0/24"),
     "spec.networks[].pod.vmIPv6NetworkCIDR": _case("fd10::/120"),
-    "spec.networks[].multus": _case({"networkName": "n"},
-                                    **{"spec.networks[]": [{"name": "default"}],
-                                       f"{IFACE}": [{"name": "default", "bridge": {}}]}),
-    "spec.networks[].multus.networkName": _case(
-        "net", **{"spec.networks[]": [{"name": "default", "multus": {}}],
-                  f"{IFACE}": [{"name": "default", "bridge": {}}]}),
-    "spec.networks[].multus.default": _case(
-        True, **{"spec.networks[]": [{"name": "default", "multus": {"networkName": "n"}}],
-                 f"{IFACE}": [{"name": "default", "bridge": {}}]}),
+    "spec.networks[].multus": _case({"networkName": "n"}, **MULTUS_CTX),
+    "spec.networks[].multus.networkName": _case("net", **MULTUS_NAD_CTX),
+    "spec.networks[].multus.default": _case(True, **MULTUS_DEFAULT_CTX),
     "spec.networks[].resourceClaim.claimName": _case("claim"),
     "spec.networks[].resourceClaim.requestName": _case("req"),
     f"{D}.resources.requests": _case({"memory": "2Gi"}, {"memory": "1Gi", "cpu": "4"}),
