@@ -140,13 +140,20 @@ def destination_uri(share_dir: str, vmi_uid: str, nonroot: bool) -> str:
     return f"qemu+unix:///{mode}?socket={proxy_socket(share_dir, vmi_uid)}"
 
 
-def disks_to_copy(xml: str, shared: frozenset[str] = frozenset()) -> list[str]:
+def disks_to_copy(xml: str, shared: frozenset[str] = frozenset(),
+                  hotplug_dir: str = "") -> list[str]:
     """getDiskTargetsForMigration: the targets of the file/block disks that are not
     CD-ROMs, not read-only (a generated ISO is rebuilt on the target) and not on a shared
-    volume (by alias ua-<volume>)."""
+    volume (by alias ua-<volume>). Hotplugged volumes (sources in `hotplug_dir`) are
+    PVCs, which KubeVirt treats as shared (classifyVolumesForMigration): virt-handler
+    mounts them into the target pod, so they are not copied."""
     out = []
     for disk in ET.fromstring(xml).iterfind("devices/disk"):
         if disk.get("device") == "cdrom" or disk.find("readonly") is not None:
+            continue
+        source = disk.find("source")
+        path = (source.get("file") or source.get("dev") or "") if source is not None else ""
+        if hotplug_dir and path.startswith(hotplug_dir.rstrip("/") + "/"):
             continue
         if disk.get("type") not in ("file", "block"):
             continue

@@ -212,7 +212,8 @@ class MigrationSource:
         def start(dom: Any) -> tuple[int, dict[Any, Any]]:
             paused = dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED
             xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE)
-            copy = mo.disks_to_copy(xml) if block else []
+            copy = (mo.disks_to_copy(xml, hotplug_dir=self.paths.hotplug_disk_dir)
+                    if block else [])
             return (mo.flags(opts, block=block, paused=paused),
                     mo.params(xml=xml, domain=self.domain, share_dir=self.paths.share_dir,
                               vmi_uid=vmi_uid, target_uid=target_uid, opts=opts,

@@ -94,6 +94,15 @@ DOMAIN = """<domain type='qemu'><name>ns_vm</name>
 def test_disks_to_copy_and_params() -> None:
     assert mo.disks_to_copy(DOMAIN) == ["vda", "vdd"]
     assert mo.disks_to_copy(DOMAIN, frozenset({"shared"})) == ["vda"]
+    hotplugged = DOMAIN.replace(
+        "</devices>", "<disk type='file' device='disk'><source file='/var/run/kubevirt/"
+        "hotplug-disks/hp.img'/><target dev='sdb' bus='scsi'/><alias name='ua-hp'/></disk>"
+        "</devices>")
+    assert mo.disks_to_copy(hotplugged) == ["vda", "vdd", "sdb"]
+    # Hotplugged PVCs are shared, as KubeVirt classifies them: virt-handler mounts them on
+    # the target.
+    assert mo.disks_to_copy(hotplugged, hotplug_dir="/var/run/kubevirt/hotplug-disks") == [
+        "vda", "vdd"]
     params = mo.params(xml=DOMAIN, domain="ns_vm", share_dir="/var/run/kubevirt",
                        vmi_uid="u-1", target_uid="u-2",
                        opts=mo.MigrationOptions(bandwidth_mib_s=8), copy_disks=["vda"])
