@@ -30,10 +30,16 @@ case "$OUT" in
   *[\"\$\`\\]*) echo "build-guest: OUTDIR must not contain \" \$ \` or \\: $OUT" >&2; exit 1 ;;
 esac
 
-GUEST_CMDLINE_BASE="console=ttyS0 panic=-1"
+# memhp_default_state=online_movable: hot-added memory (virtio-mem) is onlined by the
+# kernel at once, into ZONE_MOVABLE, so it can be unplugged again (there is no udev).
+GUEST_CMDLINE_BASE="console=ttyS0 panic=-1 memhp_default_state=online_movable"
 # Loaded in the guest in dependency order (virtio, virtio_pci, virtio_console are =m in
-# Debian's kernel); crc32c is only a soft dependency of ext4, hence listed.
-MODULES=(virtio_pci virtio_console virtio_blk virtio_net ext4 crc32c_generic button evdev virtio_rng)
+# Debian's kernel); crc32c is only a soft dependency of ext4, hence listed. For hotplug:
+# virtio_scsi + sd_mod (disks) + sr_mod (CD-ROMs; pulls cdrom) + isofs, virtio_mem (memory).
+# Built in (=y), so not listed: pciehp/acpiphp (PCIe/ACPI PCI hotplug), ACPI CPU and memory
+# hotplug, memory hot-remove.
+MODULES=(virtio_pci virtio_console virtio_blk virtio_net ext4 crc32c_generic button evdev virtio_rng
+  virtio_scsi sd_mod sr_mod isofs virtio_mem)
 
 log() { echo "build-guest: $*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -196,7 +202,8 @@ done <<< "$MODLIST"
 
 # The guest's own files: inittab, rc scripts, ACPI handler, shutdown shim, os-release...
 cp -R "$GUEST_SRC/rootfs/." "$R/"
-chmod 0755 "$R/etc/rc.sysinit" "$R/etc/rc.shutdown" "$R/etc/acpi/PWRF/00000080" "$R/sbin/shutdown"
+chmod 0755 "$R/etc/rc.sysinit" "$R/etc/rc.shutdown" "$R/etc/acpi/PWRF/00000080" "$R/sbin/shutdown" \
+  "$R/sbin/pvl-hotplugd"
 
 (cd "$R" && find . | sort | cpio -o -H newc -R 0:0 --quiet) | gzip -1 > "$OUT/initramfs.cpio.gz.tmp"
 

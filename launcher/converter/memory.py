@@ -111,7 +111,8 @@ def build(ctx: Context, dom: ET.Element) -> None:
     size, source = guest_memory(ctx)
     plug = hotplug(ctx)
     if plug is not None:
-        sub(dom, "maxMemory", str(plug.max_guest), slots="0", unit="b")
+        sub(dom, "maxMemory", str(plug.max_guest), slots=str(ctx.opts.max_memory_slots),
+            unit="b")
     sub(dom, "memory", str(size), unit="b")
     sub(dom, "currentMemory", str(size), unit="b")
     memory = ctx.domain_spec.obj("memory")

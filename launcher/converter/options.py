@@ -48,6 +48,10 @@ class ConvertOptions:
     # The CPU modes libvirt supports for TCG domains (domcapabilities, virttype qemu);
     # host-model and host-passthrough are used as KubeVirt uses them when listed here.
     tcg_cpu_modes: frozenset[str] = frozenset({"host-model", "maximum"})
+    # <maxMemory slots>: KubeVirt writes 0 (virtio-mem needs no DIMM slot); libvirt before
+    # 10.0 refuses a maximum without slots ("both maximum memory size and memory slot count
+    # must be specified", measured on 9.0), so the syncer asks for 1 there.
+    max_memory_slots: int = 0
     hypervisor: str = HYPERVISOR_KVM
     arch: str = "x86_64"
     smbios: SMBios = SMBios()

@@ -170,6 +170,47 @@ def tap_ready(iface: ET.Element, net_dir: str = SYS_NET) -> bool:
 
 
 # --- the plan -------------------------------------------------------------------------------
+def stable_targets(new_xml: str, live_xml: str) -> str:
+    """`new_xml` with each disk that runs already (same alias) on the target device it runs
+    on, and a disk that does not run yet on a device name no running disk uses. KubeVirt
+    keeps targets stable through status.volumeStatus[].target, which virt-handler copies
+    from the domain; a VMI without them (or a stale one) renumbers the disks after a
+    removed one, and keyed by target device the plan would then detach the wrong disk."""
+    new, live = ET.fromstring(new_xml), ET.fromstring(live_xml)
+    running = {_alias(d): _target_dev(d) for d in _devices(live, "disk") if _alias(d)}
+    owner = {dev: alias for alias, dev in running.items()}
+    changed = False
+    disks = _devices(new, "disk")
+    for disk in disks:
+        dev = running.get(_alias(disk))
+        target = disk.find("target")
+        if dev and target is not None and target.get("dev") != dev:
+            target.set("dev", dev)
+            changed = True
+    used = {_target_dev(d) for d in disks} | set(owner)
+    for disk in disks:
+        dev, target = _target_dev(disk), disk.find("target")
+        holder = owner.get(dev)
+        if target is None or holder is None or holder == _alias(disk):
+            continue
+        prefix = dev[:2]  # sd, vd, hd: the bus prefix KubeVirt names by
+        free = next(name for i in range(26 * 27) if (name := _device_name(prefix, i))
+                    not in used)
+        target.set("dev", free)
+        used.add(free)
+        changed = True
+    return ET.tostring(new, encoding="unicode") if changed else new_xml
+
+
+def _device_name(prefix: str, index: int) -> str:
+    """Linux's (and KubeVirt's formatDeviceName) disk names: sda .. sdz, sdaa, ..."""
+    name = ""
+    while index >= 0:
+        name = chr(ord("a") + index % 26) + name
+        index = index // 26 - 1
+    return prefix + name
+
+
 def plan(live_xml: str, new_xml: str, hotplug_dir: str, *,
          ready: Callable[[str, str, str], bool] = disk_ready,
          iface_ready: Callable[[ET.Element], bool] = tap_ready) -> Plan:

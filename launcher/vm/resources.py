@@ -45,14 +45,17 @@ def _mib(size: int) -> str:
 class VcpuCounts:
     current: int
     maximum: int
+    hotpluggable: bool = False  # <vcpus> lists vCPUs that can come and go
 
 
 def vcpu_counts(xml: str) -> VcpuCounts:
-    vcpu = ET.fromstring(xml).find("vcpu")
+    root = ET.fromstring(xml)
+    vcpu = root.find("vcpu")
     if vcpu is None or not (vcpu.text or "").strip():
         return VcpuCounts(1, 1)
     maximum = int((vcpu.text or "1").strip())
-    return VcpuCounts(int(vcpu.get("current", maximum)), maximum)
+    pluggable = any(v.get("hotpluggable") == "yes" for v in root.iterfind("vcpus/vcpu"))
+    return VcpuCounts(int(vcpu.get("current", maximum)), maximum, pluggable)
 
 
 def vcpu_pins(xml: str) -> list[tuple[int, str]]:
@@ -64,7 +67,7 @@ def check_vcpus(wanted: VcpuCounts, running: VcpuCounts, live_vcpus: int) -> int
     """The vCPU count to set, None when the domain has it already."""
     if wanted.current == live_vcpus:
         return None
-    if running.maximum == running.current == live_vcpus:
+    if not running.hotpluggable:
         raise ResourceError(
             f"the domain runs {live_vcpus} vCPU(s) without hotpluggable vCPUs; changing "
             f"the count to {wanted.current} needs maxSockets at start (or a restart)",

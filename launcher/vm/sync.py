@@ -115,6 +115,7 @@ class Syncer:
         self._probe_fn = kvm_probe
         self._probe: tuple[bool, str] | None = None  # KVM does not come and go in a pod
         self._tcg_modes: frozenset[str] | None = None
+        self._slots: int | None = None
         self._accepting = accepting
         self._hooks = hooks if hooks is not None else HookManager("", 0, 0.0)
         # (converted XML, VMI JSON) -> the XML the sidecars made of it, for the last
@@ -147,6 +148,17 @@ class Syncer:
                 self._log.info("KVM is not usable", reason=self._probe[1],
                                allow_emulation=self.opts.allow_emulation)
         return self._probe
+
+    async def _max_memory_slots(self) -> int:
+        """<maxMemory slots> for this libvirt (launcher.converter.options)."""
+        if self._slots is None:
+            def version() -> int:
+                return int(self._virconn().getLibVersion())
+            try:
+                self._slots = 1 if await self.conn.call(version) < 10_000_000 else 0
+            except (libvirt.libvirtError, ConnectionError):
+                return 0  # not cached: asked again once libvirt answers
+        return self._slots
 
     async def _tcg_cpu_modes(self) -> frozenset[str] | None:
         """What libvirt supports for TCG domains (None: could not ask; the converter's
@@ -281,6 +293,7 @@ class Syncer:
             options, opts=self.opts, paths=self.paths, emulation=emulation,
             dedicated_cpus=pod_cpus(), tcg_modes=await self._tcg_cpu_modes() if emulation
             else None)
+        conv_opts = replace(conv_opts, max_memory_slots=await self._max_memory_slots())
         try:
             # In a worker thread: a large VMI's conversion must not hold up Ping and the
             # relay on the loop (the GIL still switches every few milliseconds).
@@ -469,6 +482,7 @@ class Syncer:
             started_with = current.xml or ""
         hotplug_dir = self.paths.hotplug_disk_dir
         wanted = keep_generated_macs(conversion.xml, current.xml or "")
+        wanted = hotplug.stable_targets(wanted, live_xml)
         plan = hotplug.plan(live_xml, wanted, hotplug_dir)
         outcome = hotplug.apply(
             dom, plan.changes, lambda change: hotplug.device_present(dom.XMLDesc(0), change))

@@ -49,6 +49,18 @@ def head(cmd: Cmd, device: str, n: int) -> str:
     return sh(cmd, f"dd if=/dev/{device} bs=512 count=1 2>/dev/null | head -c {n}")
 
 
+def scsi_disks(cmd: Cmd) -> set[str]:
+    return {d for d in block_devices(cmd) if d.startswith("sd")}
+
+
+def disk_with(cmd: Cmd, marker: str) -> str | None:
+    """The guest's SCSI disk that starts with `marker`, if any."""
+    for dev in sorted(scsi_disks(cmd)):
+        if head(cmd, dev, len(marker)) == marker:
+            return dev
+    return None
+
+
 def domain_disks(cmd: Cmd) -> dict[str, str]:
     """target device -> source file, as GetDomain reports them."""
     disks = cmd.domain()["Spec"]["Devices"].get("Disks") or []
@@ -133,10 +145,10 @@ def tap() -> Iterator[Callable[[str], str]]:
 
 
 def boot_guest(make_instance: Callable[..., Instance],
-               receiver_for: Callable[[Instance], Receiver],
+               receiver_for: Callable[..., Receiver],
                **vmi: Any) -> tuple[Instance, Receiver, Cmd, dict[str, Any]]:
     inst = make_instance(nonroot=False, extra_args=EMULATION)
-    receiver = receiver_for(inst)
+    receiver = receiver_for(inst, virt_handler=True)  # it deletes the domain at the end
     doc = guest(inst, **vmi)
     inst.start()
     inst.wait_running()
@@ -147,11 +159,11 @@ def boot_guest(make_instance: Callable[..., Instance],
 
 # --- volumes and a cdrom ----------------------------------------------------------------------
 def test_volume_hotplug_reaches_the_guest(
-    make_instance: Callable[..., Instance], receiver_for: Callable[[Instance], Receiver],
+    make_instance: Callable[..., Instance], receiver_for: Callable[..., Receiver],
     tmp_path: Path,
 ) -> None:
     inst = make_instance(nonroot=False, extra_args=EMULATION)
-    receiver = receiver_for(inst)
+    receiver = receiver_for(inst, virt_handler=True)  # it deletes the domain at the end
     base = guest(inst)
     # An empty cdrom on scsi from the start: its media are hot-plugged below.
     base["spec"]["domain"]["devices"]["disks"].append({"name": "cd", "cdrom": {"bus": "scsi"}})
@@ -162,33 +174,36 @@ def test_volume_hotplug_reaches_the_guest(
     cmd = Cmd.of(inst)
     hp_dir = Path(inst.paths.hotplug_disk_dir)
     hp_dir.mkdir(parents=True, exist_ok=True)
-    before = wait_guest(cmd, block_devices, lambda b: "vda" in b, "the guest's disks")
-    assert not any(d.startswith("sd") for d in before), before
+    wait_guest(cmd, block_devices, lambda b: "vda" in b, "the guest's disks")
+    assert scsi_disks(cmd) == set()
 
-    # Attach: the guest sees a new block device holding the image's bytes.
+    # Attach: the guest sees a new block device holding the image's bytes. (libvirt's
+    # target names: the cdrom is sda, so the hotplugged disks are sdb, sdc, ...; the guest
+    # names its SCSI disks itself, so it is found by its content.)
     image(hp_dir, "hp1", "PVL-HOTPLUG-ONE")
     with_hp1 = hotplug_volume(base, "hp1")
     message = synced(inst, with_hp1)
-    assert "applied live: attached disk sda (volume hp1)" in message, message
-    wait_guest(cmd, block_devices, lambda b: "sda" in b, "sda in the guest")
-    assert head(cmd, "sda", 15) == "PVL-HOTPLUG-ONE"
-    assert domain_disks(cmd)["sda"] == str(hp_dir / "hp1.img")
-    receiver.wait_domain(lambda e: any(d.get("Target", {}).get("Device") == "sda" for d in
+    assert "applied live: attached disk sdb (volume hp1)" in message, message
+    wait_for(lambda: disk_with(cmd, "PVL-HOTPLUG-ONE"), GUEST_SEES_S, interval=0.5,
+             what="the hotplugged disk in the guest")
+    assert domain_disks(cmd)["sdb"] == str(hp_dir / "hp1.img")
+    receiver.wait_domain(lambda e: any(d.get("Target", {}).get("Device") == "sdb" for d in
                                        e["domain"]["Spec"]["Devices"].get("Disks") or []),
-                         15, "sda in a notify snapshot")
+                         15, "sdb in a notify snapshot")
     # A re-sync changes nothing (and calls for no restart).
     assert synced(inst, with_hp1) == "no change"
 
     # A volume whose file is not there yet waits; the next sync attaches it.
     with_hp2 = hotplug_volume(with_hp1, "hp2")
     message = synced(inst, with_hp2)
-    assert "waiting for their source" in message and "disk sdb (volume hp2)" in message, \
+    assert "waiting for their source" in message and "disk sdc (volume hp2)" in message, \
         message
-    assert "sdb" not in domain_disks(cmd)
+    assert "sdc" not in domain_disks(cmd)
     image(hp_dir, "hp2", "PVL-HOTPLUG-TWO")
-    assert "attached disk sdb (volume hp2)" in synced(inst, with_hp2)
-    wait_guest(cmd, block_devices, lambda b: "sdb" in b, "sdb in the guest")
-    assert head(cmd, "sdb", 15) == "PVL-HOTPLUG-TWO"
+    assert "attached disk sdc (volume hp2)" in synced(inst, with_hp2)
+    wait_for(lambda: disk_with(cmd, "PVL-HOTPLUG-TWO"), GUEST_SEES_S, interval=0.5,
+             what="the second hotplugged disk in the guest")
+    disks_before = scsi_disks(cmd)
 
     # A hotplug "volume" that is a symlink out of the hotplug directory: refused by name,
     # nothing attached, what was there stays.
@@ -197,18 +212,21 @@ def test_volume_hotplug_reaches_the_guest(
     (hp_dir / "evil.img").symlink_to(secret)
     resp = sync(inst, hotplug_volume(with_hp2, "evil"))
     assert not resp.success
-    assert "disk sdc (volume evil)" in resp.message and "outside" in resp.message, resp.message
-    assert "sdc" not in domain_disks(cmd)
-    assert not (block_devices(cmd) & {"sdc"})
+    assert "disk sdd (volume evil)" in resp.message and "outside" in resp.message, resp.message
+    assert "sdd" not in domain_disks(cmd)
+    time.sleep(2)
+    assert scsi_disks(cmd) == disks_before
+    assert not disk_with(cmd, "HOST-SECRET")
 
     # Detach: gone from the guest and the domain; attach again: back.
     message = synced(inst, unplug_volume(with_hp2, "hp1"))
-    assert "detached disk sda (volume hp1)" in message, message
-    wait_guest(cmd, block_devices, lambda b: "sda" not in b, "sda gone from the guest")
-    assert "sda" not in domain_disks(cmd)
-    assert "attached disk sda (volume hp1)" in synced(inst, with_hp2)
-    wait_guest(cmd, block_devices, lambda b: "sda" in b, "sda back in the guest")
-    assert head(cmd, "sda", 15) == "PVL-HOTPLUG-ONE"
+    assert "detached disk sdb (volume hp1)" in message, message
+    wait_for(lambda: not disk_with(cmd, "PVL-HOTPLUG-ONE"), GUEST_SEES_S, interval=0.5,
+             what="the detached disk gone from the guest")
+    assert "sdb" not in domain_disks(cmd)
+    assert "attached disk sdb (volume hp1)" in synced(inst, with_hp2)
+    wait_for(lambda: disk_with(cmd, "PVL-HOTPLUG-ONE"), GUEST_SEES_S, interval=0.5,
+             what="the disk back in the guest")
 
     # CD-ROM: insert media into the empty tray, eject them.
     cd_before = {d for d in block_devices(cmd) if d.startswith("sr")}
@@ -239,7 +257,7 @@ def with_nic(doc: dict[str, Any], name: str, *, state: str | None = None) -> dic
 
 
 def test_nic_hotplug_and_a_detach_the_guest_does_not_complete(
-    make_instance: Callable[..., Instance], receiver_for: Callable[[Instance], Receiver],
+    make_instance: Callable[..., Instance], receiver_for: Callable[..., Receiver],
     tap: Callable[[str], str],
 ) -> None:
     inst, receiver, cmd, base = boot_guest(make_instance, receiver_for)
@@ -303,10 +321,10 @@ def mem_total_mib(cmd: Cmd) -> int:
 
 
 def test_vcpu_and_memory_hotplug_reach_the_guest(
-    make_instance: Callable[..., Instance], receiver_for: Callable[[Instance], Receiver],
+    make_instance: Callable[..., Instance], receiver_for: Callable[..., Receiver],
 ) -> None:
     inst = make_instance(nonroot=False, extra_args=EMULATION)
-    receiver = receiver_for(inst)
+    receiver = receiver_for(inst, virt_handler=True)  # it deletes the domain at the end
     doc = guest(inst, memory="1Gi")
     domain = doc["spec"]["domain"]
     domain["cpu"] = {"sockets": 1, "cores": 1, "threads": 1, "maxSockets": 2}
@@ -319,20 +337,9 @@ def test_vcpu_and_memory_hotplug_reach_the_guest(
     cmd = Cmd.of(inst)
     assert wait_guest(cmd, online_cpus, lambda c: c == "0", "one CPU online") == "0"
 
-    def vcpus(sockets: int) -> cmd_pb2.Response:
-        return cmd.vmi_call("SyncVirtualMachineCPUs", resized(doc, sockets=sockets))
-
-    resp = vcpus(2)
-    assert resp.success and resp.message == "vCPUs 1 -> 2", resp.message
-    wait_guest(cmd, online_cpus, lambda c: c == "0-1", "two CPUs online in the guest")
-    resp = vcpus(1)
-    assert resp.success and resp.message == "vCPUs 2 -> 1", resp.message
-    wait_guest(cmd, online_cpus, lambda c: c == "0", "back to one CPU in the guest")
-    resp = vcpus(3)
-    assert not resp.success and "spec.domain.cpu.maxSockets" in resp.message, resp.message
-    assert online_cpus(cmd) == "0"
-
-    boot_total = mem_total_mib(cmd)
+    # Memory first: on QEMU 7.2 under TCG a vCPU unplug leaves QEMU unable to take
+    # further hotplug (see the end), so it comes last.
+    boot_total = wait_guest(cmd, mem_total_mib, lambda m: m > 800, "MemTotal")
 
     def memory(guest_mem: str) -> cmd_pb2.Response:
         return cmd.vmi_call("SyncVirtualMachineMemory", resized(doc, guest_mem=guest_mem))
@@ -349,12 +356,31 @@ def test_vcpu_and_memory_hotplug_reach_the_guest(
     resp = memory("3Gi")
     assert not resp.success and "spec.domain.memory" in resp.message, resp.message
     print(f"MemTotal: boot {boot_total} MiB, plugged {grown} MiB")
+
+    def vcpus(sockets: int) -> cmd_pb2.Response:
+        return cmd.vmi_call("SyncVirtualMachineCPUs", resized(doc, sockets=sockets))
+
+    resp = vcpus(2)
+    assert resp.success and resp.message == "vCPUs 1 -> 2", resp.message
+    wait_guest(cmd, online_cpus, lambda c: c == "0-1", "two CPUs online in the guest")
+    resp = vcpus(3)
+    assert not resp.success and "spec.domain.cpu.maxSockets" in resp.message, resp.message
+    assert online_cpus(cmd) == "0-1"
+    # Unplug: the guest offlines and ejects the vCPU. QEMU 7.2 under TCG never sends the
+    # DEVICE_DELETED event for the vCPU itself (only for its lapic child), so libvirt
+    # 9.0 answers "vcpu unplug request timed out" after 5 s and still counts 2; the rpc
+    # passes that error on instead of claiming success (measured with
+    # hack/guest/smoke_hotplug.py; newer QEMU completes it).
+    resp = vcpus(1)
+    assert resp.success or "vcpu unplug request timed out" in resp.message, resp.message
+    wait_guest(cmd, online_cpus, lambda c: c == "0", "back to one CPU in the guest")
+    print(f"vCPU unplug: success={resp.success} {resp.message}")
     stop_cleanly(inst, receiver)
 
 
 # --- faults -----------------------------------------------------------------------------------
 def test_libvirt_daemon_killed_during_an_attach_converges(
-    make_instance: Callable[..., Instance], receiver_for: Callable[[Instance], Receiver],
+    make_instance: Callable[..., Instance], receiver_for: Callable[..., Receiver],
 ) -> None:
     inst, receiver, cmd, base = boot_guest(make_instance, receiver_for)
     hp_dir = Path(inst.paths.hotplug_disk_dir)
@@ -388,6 +414,7 @@ def test_libvirt_daemon_killed_during_an_attach_converges(
     wait_for(converged, 90, interval=1, what="a repeated sync converges")
     wait_guest(cmd, block_devices, lambda b: "sda" in b, "sda in the guest")
     assert head(cmd, "sda", 15) == "PVL-HOTPLUG-ONE"
-    assert list(domain_disks(cmd)).count("sda") == 1
+    targets = [d["Target"]["Device"] for d in cmd.domain()["Spec"]["Devices"]["Disks"]]
+    assert targets.count("sda") == 1, targets
     print(f"daemon killed; converged after {time.monotonic() - t0:.1f} s")
     stop_cleanly(inst, receiver)

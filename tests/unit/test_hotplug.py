@@ -40,7 +40,7 @@ def domain(*devices: str) -> str:
 
 
 ROOT = disk("vda", "/var/run/kubevirt-ephemeral-disks/disk-data/root/disk.qcow2",
-            bus="virtio")
+            bus="virtio", alias="ua-root")
 ready_all = lambda path, root, volume: True  # noqa: E731
 ready_none = lambda path, root, volume: False  # noqa: E731
 
@@ -214,7 +214,9 @@ def test_a_detach_the_guest_has_not_completed_is_pending() -> None:
 # --- resources -------------------------------------------------------------------------------
 def vcpu_xml(current: int, maximum: int, pins: dict[int, str] | None = None) -> str:
     tune = "".join(f"<vcpupin vcpu='{v}' cpuset='{c}'/>" for v, c in (pins or {}).items())
-    return (f"<domain><vcpu current='{current}'>{maximum}</vcpu>"
+    vcpus = "".join(f"<vcpu id='{i}' enabled='{'yes' if i < current else 'no'}' "
+                    f"hotpluggable='{'no' if i == 0 else 'yes'}'/>" for i in range(maximum))
+    return (f"<domain><vcpu current='{current}'>{maximum}</vcpu><vcpus>{vcpus}</vcpus>"
             f"{f'<cputune>{tune}</cputune>' if tune else ''}</domain>")
 
 
@@ -222,6 +224,9 @@ def test_vcpu_count_within_max_sockets() -> None:
     running = resources.vcpu_counts(vcpu_xml(1, 4))
     assert resources.check_vcpus(resources.vcpu_counts(vcpu_xml(2, 4)), running, 1) == 2
     assert resources.check_vcpus(resources.vcpu_counts(vcpu_xml(1, 4)), running, 1) is None
+    # All hotpluggable vCPUs enabled: going down is still possible.
+    full = resources.vcpu_counts(vcpu_xml(2, 2))
+    assert resources.check_vcpus(resources.vcpu_counts(vcpu_xml(1, 2)), full, 2) == 1
     with pytest.raises(resources.ResourceError) as err:
         resources.check_vcpus(resources.vcpu_counts(vcpu_xml(6, 6)), running, 1)
     assert err.value.path == "spec.domain.cpu.sockets" and "room for 4" in str(err.value)
@@ -332,3 +337,23 @@ def test_host_device_not_in_the_pod_is_refused_naming_it(tmp_path: Path) -> None
 def test_only_interfaces_multus_reports_count() -> None:
     assert hostdevices.sriov_interfaces(sriov_vmi("s1", reported=False)) == []
     assert [i for i, _ in hostdevices.sriov_interfaces(sriov_vmi("s1"))] == [1]
+
+
+def test_targets_stay_with_their_volumes() -> None:
+    """A VMI without status targets renumbers the disks after a removed one: the running
+    disks keep their devices and the new one gets a free name, so the right one detaches."""
+    live = domain(ROOT, disk("sda", f"{HP}/cd.img", device="cdrom", alias="ua-cd"),
+                  disk("sdb", f"{HP}/hp1.img", alias="ua-hp1"),
+                  disk("sdc", f"{HP}/hp2.img", alias="ua-hp2"))
+    # hp1 removed: the converter names hp2 sdb and a new hp3 sdc.
+    new = domain(ROOT, disk("sda", f"{HP}/cd.img", device="cdrom", alias="ua-cd"),
+                 disk("sdb", f"{HP}/hp2.img", alias="ua-hp2"),
+                 disk("sdc", f"{HP}/hp3.img", alias="ua-hp3"))
+    stable = hotplug.stable_targets(new, live)
+    targets = {find(d, "alias").get("name"): find(d, "target").get("dev")
+               for d in ET.fromstring(stable).iterfind("devices/disk")}
+    assert targets == {"ua-root": "vda", "ua-cd": "sda", "ua-hp2": "sdc", "ua-hp3": "sdd"}
+    plan = hotplug.plan(live, stable, HP, ready=ready_all)
+    assert keys(plan) == [("detach", "disk", "sdb"), ("attach", "disk", "sdd")]
+    assert plan.changes[0].label == "disk sdb (volume hp1)"
+    assert hotplug.stable_targets(live, live) == live

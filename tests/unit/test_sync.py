@@ -391,6 +391,9 @@ class FakeConn:
         self.fail_create = False
         self.defined: list[str] = []
 
+    def getLibVersion(self) -> int:
+        return 11_003_000
+
     def lookupByName(self, name: str) -> FakeDom:
         try:
             return self.domains[name]
