@@ -9,6 +9,7 @@ notify snapshots."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +20,14 @@ import psutil
 import pytest
 
 from launcher._proto.kubevirt.cmd.v1 import cmd_pb2
+from tests.e2e.test_hotplug import (
+    block_devices,
+    domain_disks,
+    head,
+    hotplug_volume,
+    image,
+    wait_guest,
+)
 from tests.support.guest import Cmd, Receiver, agent_state, status
 from tests.support.harness import Instance, wait_for
 from tests.support.migration import (
@@ -429,3 +438,86 @@ def test_the_target_dying_mid_migration_leaves_the_guest_on_the_source(
                  60, what="no domain left on the target")
     pods.target.proc.wait_exit(timeout=90)
     wait_for(lambda: all_gone(procs), 30, what="the target pod's processes gone")
+
+
+def test_migration_carries_a_hotplugged_volume(pods: Pods) -> None:
+    """A hot-plugged PVC is shared storage (KubeVirt's classifyVolumesForMigration):
+    virt-handler mounts the same volume into the target pod; the block migration copies
+    the containerDisk overlay, not the hotplug disk, and the target QEMU uses the very same
+    file."""
+    src, tgt = pods.src_cmd, pods.tgt_cmd
+    marker, written = "PVL-SHARED-HOTPLUG", "PVL-WRITTEN-ON-TARGET"
+    hp_dir = Path(pods.source.paths.hotplug_disk_dir)  # the pod path, the host's for the source
+    hp_dir.mkdir(parents=True, exist_ok=True)
+    disk = image(hp_dir, "hp1", marker)
+    doc = hotplug_volume(pods.doc, "hp1")
+    resp = call(src, "SyncVirtualMachine", doc)
+    assert resp.success and "attached disk sda (volume hp1)" in resp.message, resp.message
+    wait_guest(src, block_devices, lambda b: "sda" in b, "sda in the guest on the source")
+    assert head(src, "sda", len(marker)) == marker
+    boot_id = shell(src, "cat /proc/sys/kernel/random/boot_id").strip()
+
+    # shared storage: the same file (one inode) in the target pod's hotplug dir
+    shared = pods.target.host(hp_dir) / disk.name
+    shared.parent.mkdir(parents=True, exist_ok=True)
+    os.link(disk, shared)
+    assert shared.stat().st_ino == disk.stat().st_ino
+
+    # virt-handler's VMI keeps the volume status (the hotplug volume MountedToPod)
+    mig = migrating(doc, uid="mig-hotplug")
+    mig["status"]["volumeStatus"] = doc["status"]["volumeStatus"]
+    resp = call(tgt, "SyncMigrationTarget", mig)
+    assert (resp.success, resp.message) == (True, "migration target prepared"), resp.message
+    pods.proxy.start()
+    t0 = time.monotonic()
+    # libvirt calls a file disk it does not copy safe only on a filesystem it knows to be
+    # shared (NFS, CephFS, ... as an RWX PVC is); here the "PVC" is a hard link on the
+    # host's ext4, so the migration is made as with KubeVirt's unsafeMigrationOverride
+    # (UnsafeMigration: VIR_MIGRATE_UNSAFE); without it: VIR_ERR_MIGRATE_UNSAFE
+    resp = call(src, "MigrateVirtualMachine", mig, options=json.dumps(
+        {"Bandwidth": "0", "ProgressTimeout": 150, "CompletionTimeoutPerGiB": 150,
+         "UnsafeMigration": True}).encode())
+    assert (resp.success, resp.message) == (True, "migration mig-hotplug started"), \
+        resp.message
+    done = pods.source_events.wait_domain(
+        lambda e: migration_meta(e).get("EndTimestamp"), 150, "the migration's end")
+    meta = migration_meta(done)
+    assert meta["UID"] == "mig-hotplug" and meta["Failed"] is False, meta
+    assert status(done) == ("Shutoff", "Migrated"), status(done)
+    print(f"migration took {time.monotonic() - t0:.1f}s")
+    # the block migration copied the overlay only, not the shared hotplug disk
+    started = pods.source.logged("migrating")
+    assert len(started) == 1, started
+    assert "vda" in started[0]["disks"] and "sda" not in started[0]["disks"], started[0]
+    seen = [status(e) for e in pods.source_events.domains()]
+    assert not [s for s in seen if s[0] == "Shutoff" and s[1] not in ("Migrated", "Unknown")
+                ], seen
+    assert pods.source_events.wait_last(lambda e: status(e) == ("Shutoff", "Migrated"), 10,
+                                        "the source's newest snapshot Shutoff/Migrated")
+
+    pods.target_events.wait_domain(
+        lambda e: status(e)[0] == "Running" and migration_meta(e).get("EndTimestamp")
+        and agent_state(e) == "connected", 120, "Running on the target with its agent")
+    assert shell(tgt, "cat /proc/sys/kernel/random/boot_id").strip() == boot_id
+    assert domain_disks(tgt)["sda"] == str(disk)  # the pod path: the shared file there
+    # the guest still has sda and reads the marker from the disk, not its page cache
+    assert "sda" in block_devices(tgt)
+    shell(tgt, "sync && echo 3 > /proc/sys/vm/drop_caches")
+    assert head(tgt, "sda", len(marker)) == marker
+    # a write on the target lands in the shared file: the target QEMU uses it, not a copy
+    shell(tgt, f"printf {written} | dd of=/dev/sda bs=4096 seek=1 conv=fsync 2>/dev/null")
+    wait_for(lambda: disk.read_bytes()[4096:4096 + len(written)] == written.encode(), 30,
+             interval=0.5, what="the target's write in the shared file")
+    assert disk.read_bytes()[:len(marker)] == marker.encode()
+    assert call(tgt, "FinalizeVirtualMachineMigration", mig).success
+
+    # virt-handler deletes the source's domain; both pods end
+    assert src.vmi_call("DeleteVirtualMachine").success
+    assert pods.source.wait_exit(timeout=60) == 0, pods.source.tail()
+    pods.target.proc.signal(signal.SIGTERM)
+    assert pods.target.proc.wait_exit(timeout=90) == 0, pods.target.proc.tail()
+    pods.source_events.stop()
+    pods.target_events.stop()
+    # (both pods' processes name the same root; the target's host view is its own)
+    wait_for(lambda: not pods.source.leftovers() and not pods.target.view.leftovers(), 30,
+             what="nothing of either pod left")
