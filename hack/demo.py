@@ -58,6 +58,9 @@ SMBIOS_ANNOTATION = "smbios.vm.kubevirt.io/baseBoardManufacturer"
 BOARD_VENDOR = "py-virt-launcher demo"
 
 
+HOTPLUG_MARKER = b"PVL-DEMO-HOTPLUG"
+
+
 def say(text: str = "") -> None:
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
@@ -307,6 +310,33 @@ def main() -> int:
         bigger = json.loads(json.dumps(doc))
         bigger["spec"]["domain"]["resources"]["requests"]["memory"] = "320Mi"
         say(f"    320Mi: {cmd.vmi_call('SyncVirtualMachine', bigger).message}")
+        seen = launcher_log(log, seen)
+
+        step("volume hotplug: an image in the hotplug directory (where virt-handler mounts a "
+             "hotplugged PVC), attached live by SyncVirtualMachine, read inside the guest")
+        hp_dir = Path(paths.hotplug_disk_dir)
+        hp_dir.mkdir(parents=True, exist_ok=True)
+        (hp_dir / "demo-hp.img").write_bytes(HOTPLUG_MARKER.ljust(8 * 2**20, b"\0"))
+        plugged = json.loads(json.dumps(doc))
+        plugged["spec"]["volumes"].append({"name": "demo-hp", "persistentVolumeClaim": {
+            "claimName": "demo-hp", "hotpluggable": True}})
+        plugged["spec"]["domain"]["devices"]["disks"].append(
+            {"name": "demo-hp", "disk": {"bus": "scsi"}})
+        plugged.setdefault("status", {})["volumeStatus"] = [{
+            "name": "demo-hp", "phase": "MountedToPod",
+            "hotplugVolume": {"attachPodName": "hp-volume-demo"}}]
+        t4 = time.monotonic()
+        say(f"    attach: {cmd.vmi_call('SyncVirtualMachine', plugged).message}")
+        read_hp = ("for d in /sys/block/sd*; do [ -e \"$d\" ] || continue; "
+                   "n=${d##*/}; h=$(dd if=/dev/$n bs=512 count=1 2>/dev/null | head -c 16); "
+                   "[ \"$h\" = " + HOTPLUG_MARKER.decode() + " ] && echo \"$n $h\"; done")
+        found = wait(lambda: cmd.exec("/bin/sh", "-c", read_hp, timeout_s=20).stdOut.strip(),
+                     60, "the hotplugged disk in the guest")
+        say(f"    the guest reads /dev/{found} ({time.monotonic() - t4:.2f} s after the sync)")
+        say(f"    detach: {cmd.vmi_call('SyncVirtualMachine', doc).message}")
+        wait(lambda: not cmd.exec("/bin/sh", "-c", read_hp, timeout_s=20).stdOut.strip(), 60,
+             "the hotplugged disk gone from the guest")
+        say("    gone from the guest's /sys/block")
         seen = launcher_log(log, seen)
 
         step("live migration to a second pod: the target pod (its own mount namespace, the "

@@ -55,7 +55,9 @@ from launcher.vm.xmldiff import (
     KUBEVIRT_NS,
     balloon_period,
     canonical,
+    keep_addresses,
     keep_generated_macs,
+    keep_root_ports,
     kubevirt_metadata,
     restart_needed,
 )
@@ -486,11 +488,13 @@ class Syncer:
         plan = hotplug.plan(live_xml, wanted, hotplug_dir)
         outcome = hotplug.apply(
             dom, plan.changes, lambda change: hotplug.device_present(dom.XMLDesc(0), change))
-        if plan.changes:
-            # An attached interface without a MAC got one from libvirt: the persistent
-            # definition keeps it, so a restart does not change the guest's MAC.
-            wanted = keep_generated_macs(wanted, dom.XMLDesc(0))
+        running_xml = dom.XMLDesc(0) if plan.changes else live_xml
+        # An attached interface without a MAC got one from libvirt: the persistent
+        # definition keeps it, so a restart does not change the guest's MAC; and every
+        # device keeps the address it runs at.
+        wanted = keep_generated_macs(wanted, running_xml)
         wanted = hotplug.persistent_xml(wanted, live_xml, plan, outcome, hotplug_dir)
+        wanted = keep_addresses(keep_root_ports(wanted, running_xml), running_xml)
         new_xml: str = conn.defineXML(wanted).XMLDesc(XML_FLAGS)
         managed = hotplug.managed_keys(*(x for x in (started_with, new_xml) if x),
                                        hotplug_dir=hotplug_dir)

@@ -118,3 +118,73 @@ def keep_generated_macs(new: str, current: str) -> str:
             iface.insert(0, ET.Element("mac", address=address))
             changed = True
     return ET.tostring(root, encoding="unicode") if changed else new
+
+
+def _address_key(dev: ET.Element, ordinal: int) -> tuple[str, ...]:
+    """How a device of a new definition is found in the running domain: user aliases
+    (ua-*) for what the converter names, (type, index) for controllers, else the tag and its
+    position among the unnamed devices of that tag (memballoon, rng, serial, ...)."""
+    alias = dev.find("alias")
+    name = alias.get("name", "") if alias is not None else ""
+    if name.startswith("ua-"):
+        return (dev.tag, name)
+    if dev.tag == "controller":
+        return (dev.tag, dev.get("type", ""), dev.get("index", ""))
+    return (dev.tag, "#", str(ordinal))
+
+
+def keep_addresses(new: str, live: str) -> str:
+    """`new` with each device that has no <address> given the address it runs at. Without
+    addresses libvirt assigns them at every define in document order: a device hot-plugged
+    (or a reordered one) would shift every later device's PCI slot in the persistent
+    definition, so a restart would move them in the guest, and each re-sync would report
+    them as changed."""
+    root, running = ET.fromstring(new), ET.fromstring(live)
+    devices, live_devices = root.find("devices"), running.find("devices")
+    if devices is None or live_devices is None:
+        return new
+
+    def indexed(parent: ET.Element) -> dict[tuple[str, ...], ET.Element]:
+        seen: dict[str, int] = {}
+        out = {}
+        for dev in parent:
+            key = _address_key(dev, seen.get(dev.tag, 0))
+            if key[1] == "#":
+                seen[dev.tag] = seen.get(dev.tag, 0) + 1
+            out[key] = dev
+        return out
+
+    live_by_key = indexed(live_devices)
+    changed = False
+    for key, dev in indexed(devices).items():
+        source = live_by_key.get(key)
+        address = source.find("address") if source is not None else None
+        if address is not None and dev.find("address") is None:
+            dev.append(copy.deepcopy(address))
+            changed = True
+    return ET.tostring(root, encoding="unicode") if changed else new
+
+
+def keep_root_ports(new: str, live: str) -> str:
+    """`new` with the running domain's pcie-root-port controllers instead of its own. The
+    converter sizes the spare ports for hotplug from the VMI's interfaces at define time
+    (KubeVirt's placeholders); a NIC hot-plugged later must not change the slot layout of
+    the persistent definition, or a restart would move devices in the guest."""
+    root, running = ET.fromstring(new), ET.fromstring(live)
+    devices, live_devices = root.find("devices"), running.find("devices")
+    if devices is None or live_devices is None:
+        return new
+    ports = [c for c in live_devices.iterfind("controller")
+             if c.get("model") == "pcie-root-port"]
+    mine = [c for c in devices.iterfind("controller") if c.get("model") == "pcie-root-port"]
+    if not ports or [canonical(c) for c in mine] == [canonical(c) for c in ports]:
+        return new
+    at = list(devices).index(mine[0]) if mine else len(devices)
+    for c in mine:
+        devices.remove(c)
+    for i, port in enumerate(ports):
+        port = copy.deepcopy(port)
+        for alias in port.findall("alias"):
+            port.remove(alias)  # libvirt's own name for it, not configuration
+        devices.insert(at + i, port)
+    return ET.tostring(root, encoding="unicode")

@@ -14,7 +14,7 @@ import pytest
 
 from launcher.vm import hostdevices, hotplug, resources
 from launcher.vm.disks import DiskError
-from launcher.vm.xmldiff import restart_needed
+from launcher.vm.xmldiff import keep_addresses, keep_root_ports, restart_needed
 
 HP = "/var/run/kubevirt/hotplug-disks"
 
@@ -357,3 +357,21 @@ def test_targets_stay_with_their_volumes() -> None:
     assert keys(plan) == [("detach", "disk", "sdb"), ("attach", "disk", "sdd")]
     assert plan.changes[0].label == "disk sdb (volume hp1)"
     assert hotplug.stable_targets(live, live) == live
+
+
+def test_persistent_definition_keeps_running_addresses_and_root_ports() -> None:
+    addr = "<address type='pci' domain='0x0000' bus='0x05' slot='0x00' function='0x0'/>"
+    live = ("<domain><devices>"
+            "<controller type='pci' index='1' model='pcie-root-port'><alias name='pci.1'/>"
+            "</controller><controller type='pci' index='2' model='pcie-root-port'/>"
+            f"<interface type='user'><alias name='ua-net1'/>{addr}</interface>"
+            f"<memballoon model='virtio'><alias name='balloon0'/>{addr.replace('05', '06')}"
+            "</memballoon></devices></domain>")
+    new = ("<domain><devices><controller type='pci' index='1' model='pcie-root-port'/>"
+           "<interface type='user'><alias name='ua-net1'/></interface>"
+           "<memballoon model='virtio'/></devices></domain>")
+    kept = ET.fromstring(keep_addresses(keep_root_ports(new, live), live))
+    assert [c.get("index") for c in kept.iterfind("devices/controller")] == ["1", "2"]
+    assert kept.find("devices/controller/alias") is None
+    assert find(kept, "devices/interface/address").get("bus") == "0x05"
+    assert find(kept, "devices/memballoon/address").get("bus") == "0x06"
