@@ -182,8 +182,8 @@ def keep_root_ports(new: str, live: str) -> str:
     at = list(devices).index(mine[0]) if mine else len(devices)
     for c in mine:
         devices.remove(c)
-    for i, port in enumerate(ports):
-        port = copy.deepcopy(port)
+    for i, running_port in enumerate(ports):
+        port = copy.deepcopy(running_port)
         for alias in port.findall("alias"):
             port.remove(alias)  # libvirt's own name for it, not configuration
         devices.insert(at + i, port)
