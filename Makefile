@@ -6,8 +6,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_WORKERS ?= 4
 
-.PHONY: setup deps venv guest demo test lint unit integration e2e bench bench-hooks clean \
-	image image-test image-clean
+.PHONY: setup deps venv guest demo test lint unit integration e2e bench bench-hooks \
+	bench-hotplug clean image image-test image-clean
 
 setup: deps venv guest
 
@@ -57,6 +57,11 @@ bench: setup
 # The cost of hook sidecar calls (hack/bench_hooks.py): one JSON line.
 bench-hooks: setup
 	$(PY) -m hack.bench_hooks
+
+# Volume hotplug attach/detach as the guest sees it (hack/bench_hotplug.py; boots the
+# test guest, as root): one JSON line.
+bench-hotplug: setup
+	$(PY) -m hack.bench_hotplug
 
 clean:
 	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache

@@ -47,7 +47,7 @@ from typing import Any
 import libvirt
 import uvloop
 
-from hack import bench_migration, bench_monitor_rss, bench_relay
+from hack import bench_hotplug, bench_migration, bench_monitor_rss, bench_relay
 from hack.bench_cmd import (
     BenchError,
     agent_connected,
@@ -120,7 +120,8 @@ EXTRA_FIGURES: tuple[str, ...] = (
     "guestinfo_p99_ms", "guestinfo_16_clients_p50_ms", "qemu_exit_notify_ms",
     "ping_16_clients_paced_p50_ms", "guestinfo_16_clients_paced_p50_ms",
     "shutdown_forced_s", "migration_total_s", "migration_downtime_ms",
-    "migration_postcopy_total_s",
+    "migration_postcopy_total_s", "hotplug_disk_attach_ms", "hotplug_disk_detach_ms",
+    "hotplug_disk_attach_rpc_ms", "hotplug_disk_detach_rpc_ms", "hotplug_exec_rtt_ms",
 )
 FIGURES = REQUIRED_FIGURES + EXTRA_FIGURES
 REQUIRED_KEYS: tuple[str, ...] = (
@@ -171,6 +172,19 @@ METHODS: dict[str, str] = {
     "migration_postcopy_total_s": "hack/bench_migration.py: a guest dirtying a tmpfs in a "
                                   "loop, 2 MiB/s, CompletionTimeoutPerGiB 3, AllowPostCopy "
                                   "and AllowWorkloadDisruption -> post-copy and its end",
+    "hotplug_disk_attach_ms": "hack/bench_hotplug.py: the test guest booted to its agent "
+                              "through the launcher, a hotplug volume (MountedToPod, scsi) "
+                              "added by SyncVirtualMachine -> an agent Exec (one every 50 ms "
+                              "after the last answered) found its marker at the head of a "
+                              "/sys/block/sd* device; includes up to 50 ms + one Exec round "
+                              "trip (hotplug_exec_rtt_ms); samples: every round of every run "
+                              "(checks: each run's max)",
+    "hotplug_disk_detach_ms": "the same rounds: SyncVirtualMachine without it -> an Exec "
+                              "found the device gone from /sys/block",
+    "hotplug_disk_attach_rpc_ms": "the same rounds: the attaching rpc's own latency",
+    "hotplug_disk_detach_rpc_ms": "the same rounds: the detaching rpc's own latency",
+    "hotplug_exec_rtt_ms": "the same runs: p50 of 20 Execs of the attach poll (no disk) "
+                           "before the rounds: the polling's round trip",
     "shutdown_forced_overshoot_s": "guest with pvl.ignore_acpi=1 booted to its agent, "
                                    "--grace-period-seconds N: SIGTERM -> monitor exit, "
                                    "minus N (shutdown_forced_s: without minus N)",
@@ -407,6 +421,24 @@ def migration(s: Samples, runs: int) -> None:
                 s.add(key, value)
 
     s.section("live migration (hack/bench_migration.py)", runs, one)
+
+
+def hotplug(s: Samples, runs: int) -> None:
+    def one(_i: int) -> None:
+        r = bench_hotplug.one_run(bench_hotplug.ROUNDS)
+        for key, values in r["samples"].items():
+            for value in values:
+                s.add(key, value)
+            s.check(key.replace("_ms", "_max_ms"), round(max(values), 1))
+        s.add("hotplug_exec_rtt_ms", statistics.median(r["exec_rtt_ms"]))
+        s.check("hotplug_poll_interval_ms", round(bench_hotplug.POLL_S * 1000))
+        s.check("hotplug_polls_per_round", r["polls_per_round"])
+        s.check("hotplug_processes_left", r["processes_left"])
+        att, det = r["samples"]["hotplug_disk_attach_ms"], r["samples"]["hotplug_disk_detach_ms"]
+        log(f"    attach p50 {statistics.median(att):.0f} ms, detach p50 "
+            f"{statistics.median(det):.0f} ms ({len(att)} rounds)")
+
+    s.section("volume hotplug (hack/bench_hotplug.py)", runs, one)
 
 
 # --- daemons alone --------------------------------------------------------------------------
@@ -654,7 +686,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3,
                         help="runs of the benchmarks that boot a guest to its agent: forced "
-                             "shutdown, bench_cmd (default 3)")
+                             "shutdown, bench_cmd, migration, volume hotplug (default 3)")
     parser.add_argument("--light-runs", type=int, default=5,
                         help="runs of the cheap ones: monitor RSS, relay, daemons alone, "
                              "QEMU exit (default 5)")
@@ -685,6 +717,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         forced_shutdown(s, opts.runs, opts.grace)
         cmd(s, opts.runs)
         migration(s, opts.runs)
+        hotplug(s, opts.runs)
     if s.errors:
         log(f"in-process logs (relay, daemons alone) kept in {inproc_log}")
     else:

@@ -36,6 +36,11 @@ def full_samples(**override: list[float]) -> dict[str, list[float]]:
         "migration_total_s": [1.7, 1.6, 1.75],
         "migration_downtime_ms": [230.0, 175.0, 245.0],
         "migration_postcopy_total_s": [8.4],
+        "hotplug_disk_attach_ms": [180.0, 166.2, 298.6, 170.0, 175.5],
+        "hotplug_disk_detach_ms": [221.6, 218.9, 230.0, 219.0, 225.0],
+        "hotplug_disk_attach_rpc_ms": [71.8, 41.1, 45.0, 44.0, 43.0],
+        "hotplug_disk_detach_rpc_ms": [87.8, 84.9, 86.0, 85.0, 86.5],
+        "hotplug_exec_rtt_ms": [138.4],
     }
     base.update(override)
     return base
@@ -81,6 +86,18 @@ def test_runs_and_samples_per_figure() -> None:
     assert out["monitor_rss_mib"] == 13.2
     assert out["samples"]["launcher_rss_mib"] == [58.0, 59.0, 58.5]
     assert out["ready_overhead_vs_alone_s"] == round(0.605 - 0.21, 3)
+
+
+def test_hotplug_figures_are_medians_of_every_round() -> None:
+    out = assemble(full_samples())
+    assert out["hotplug_disk_attach_ms"] == 175.5
+    assert out["runs"]["hotplug_disk_detach_ms"] == 5
+    assert max(out["samples"]["hotplug_disk_attach_ms"]) == 298.6
+    assert out["hotplug_exec_rtt_ms"] == 138.4
+    for fig in ("hotplug_disk_attach_ms", "hotplug_disk_detach_ms",
+                "hotplug_disk_attach_rpc_ms", "hotplug_disk_detach_rpc_ms",
+                "hotplug_exec_rtt_ms"):
+        assert fig in bench.FIGURES and fig in bench.METHODS, fig
 
 
 def test_targets_all_met() -> None:
