@@ -154,12 +154,22 @@ def keep_addresses(new: str, live: str) -> str:
             out[key] = dev
         return out
 
+    def shape(dev: ET.Element) -> tuple[str | None, ...]:
+        """What decides the kind of address a device takes: a disk moved to another bus or
+        a NIC of another model must get a new one (a PCI address on a SCSI disk is refused)."""
+        target, model = dev.find("target"), dev.find("model")
+        return (dev.get("model"), target.get("bus") if target is not None else None,
+                model.get("type") if model is not None else None)
+
     live_by_key = indexed(live_devices)
     changed = False
     for key, dev in indexed(devices).items():
         source = live_by_key.get(key)
-        address = source.find("address") if source is not None else None
-        if address is not None and dev.find("address") is None:
+        if source is None:
+            continue
+        address = source.find("address")
+        if address is not None and dev.find("address") is None and shape(dev) == shape(
+                source):
             dev.append(copy.deepcopy(address))
             changed = True
     return ET.tostring(root, encoding="unicode") if changed else new

@@ -375,3 +375,12 @@ def test_persistent_definition_keeps_running_addresses_and_root_ports() -> None:
     assert kept.find("devices/controller/alias") is None
     assert find(kept, "devices/interface/address").get("bus") == "0x05"
     assert find(kept, "devices/memballoon/address").get("bus") == "0x06"
+
+
+def test_a_device_that_changed_bus_gets_a_new_address() -> None:
+    addr = "<address type='pci' domain='0x0000' bus='0x05' slot='0x00' function='0x0'/>"
+    live = (f"<domain><devices><disk type='file' device='disk'><target dev='vdb' "
+            f"bus='virtio'/><alias name='ua-d'/>{addr}</disk></devices></domain>")
+    new = ("<domain><devices><disk type='file' device='disk'><target dev='sda' bus='scsi'/>"
+           "<alias name='ua-d'/></disk></devices></domain>")
+    assert keep_addresses(new, live) == new
