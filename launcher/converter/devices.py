@@ -30,10 +30,13 @@ Matched KubeVirt behaviour
   needs virtio 1); tpm-tis with an emulator backend (TPM 2.0).
 - Hotplug reserve: KubeVirt defines the domain once with placeholder interfaces up to 4
   interfaces, keeps the PCIe root ports libvirt created for them and drops the
-  placeholders. This module is pure, so it writes the ports itself on PCIe machines
-  (q35, virt): one per device libvirt will put on a root port, plus the reserve, plus the
-  spare libvirt adds when it creates ports itself. libvirt fills empty ports with
-  unaddressed devices first, so the reserve alone would be used up.
+  placeholders, then adds direct ports so that max(8 - ports in use, 3) stay free (16 and
+  6 above 2 GiB of memory; none with kubevirt.io/placePCIDevicesOnRootComplex). This
+  module is pure, so it writes the ports itself on PCIe machines (q35, virt): one per
+  device libvirt will put on a root port, plus the reserve, plus the spare libvirt adds
+  when it creates ports itself. libvirt fills empty ports with unaddressed devices first,
+  so the reserve alone would be used up. KubeVirt counts the devices from libvirt's
+  addresses; this module counts the devices that take a root port.
 
 Deliberate differences
 - slirp: {} becomes <interface type='user'> (libvirt's user-mode network). KubeVirt built
@@ -60,6 +63,13 @@ from launcher.converter.spec import Node
 
 UINT32_MAX = 2**32 - 1
 RESERVED_INTERFACES = 4  # KubeVirt's ReservedInterfaces (nichotplug.go)
+# KubeVirt's calculateHotplugPortCountV2 (manager.go): (total ports, minimum free ports),
+# the larger pair above 2 GiB of memory.
+HOTPLUG_PORTS = (8, 3)
+HOTPLUG_PORTS_LARGE = (16, 6)
+HOTPLUG_LARGE_MEMORY = 2 * 2**30
+MAX_PCI_BUS_INDEX = 31
+PLACE_ON_ROOT_COMPLEX = "kubevirt.io/placePCIDevicesOnRootComplex"
 VIDEO_VRAM_KIB = "16384"
 # KubeVirt's PanicDeviceModel values libvirt 9 knows (its schema has no pvpanic).
 PANIC_MODELS = ("hyperv", "isa")
@@ -185,18 +195,28 @@ def _takes_root_port(dev: ET.Element) -> bool:
 
 
 def _hotplug_root_ports(b: Build, interface_count: int) -> None:
-    """KubeVirt reserves room for hotplugging interfaces up to RESERVED_INTERFACES, but only
-    when the VMI has interfaces. Ports are numbered after any PCI controller present."""
-    reserve = RESERVED_INTERFACES - interface_count
-    if interface_count == 0 or reserve <= 0 or not _is_pcie_machine(b):
+    """KubeVirt's spare PCIe root ports (allocateHotplugPorts): placeholders for hotplugging
+    interfaces up to RESERVED_INTERFACES (only when the VMI has interfaces), and direct
+    ports so that max(total - ports in use, minimum free) stay free (8 and 3, or 16 and 6
+    above 2 GiB of memory); none with the placePCIDevicesOnRootComplex annotation. Ports
+    are numbered after any PCI controller present."""
+    if not _is_pcie_machine(b) or b.ctx.vmi.obj("metadata").obj("annotations").str(
+            PLACE_ON_ROOT_COMPLEX) == "true":
         return
+    placeholders = max(0, RESERVED_INTERFACES - interface_count) if interface_count else 0
+    # KubeVirt's CountPCIDevices: the devices libvirt gives a PCI address.
+    in_use = sum(1 for dev in b.el if _takes_root_port(dev))
+    large = memory.guest_memory(b.ctx)[0] > HOTPLUG_LARGE_MEMORY
+    total, min_free = (HOTPLUG_PORTS_LARGE if large else HOTPLUG_PORTS)
+    extra = max(0, max(total - in_use, min_free) - placeholders)
     # + 1: the spare port libvirt adds when it creates the ports itself, as it did in
     # KubeVirt's placeholder definition, but not when the XML already has enough.
-    needed = sum(1 for dev in b.el if _takes_root_port(dev)) + reserve + 1
+    needed = in_use + placeholders + extra + 1
     indexes = [int(index) for c in b.el.iter("controller")
                if c.get("type") == "pci" and (index := c.get("index", "0")).isdigit()]
     first = max(indexes, default=0) + 1
-    for number in range(first, first + needed):
+    # Root ports take the root bus's slots 1-31 (KubeVirt's maxPCIBusIndex).
+    for number in range(first, min(first + needed, MAX_PCI_BUS_INDEX + 1)):
         b.add("controller", type="pci", index=str(number), model="pcie-root-port")
 
 

@@ -190,7 +190,9 @@ def test_absent_interface_is_left_out() -> None:
 def test_no_pod_interface_when_autoattach_is_off() -> None:
     devices = devices_of(make({"autoattachPodInterface": False}))
     assert devices.find("interface") is None
-    assert devices.find("controller[@model='pcie-root-port']") is None
+    # No placeholders without interfaces; KubeVirt's direct ports still keep 8 - 3 in use
+    # = 5 free: scsi, virtio-serial, balloon + 5 + libvirt's spare.
+    assert len(root_ports(devices)) == 9
 
 
 def test_explicit_interfaces_ignore_autoattach() -> None:
@@ -205,8 +207,19 @@ def root_ports(devices: ET.Element) -> list[str]:
 
 
 def test_pcie_ports_hold_every_device_plus_the_reserve() -> None:
-    # interface, scsi, virtio-serial, balloon + 3 reserved (4 - 1 interface) + libvirt's spare
-    assert root_ports(devices_of(make())) == [str(i) for i in range(1, 9)]
+    # interface, scsi, virtio-serial, balloon + 3 placeholders (4 - 1 interface) + 1 direct
+    # port (8 - 4 in use = 4 free wanted, 3 of them placeholders) + libvirt's spare
+    assert root_ports(devices_of(make())) == [str(i) for i in range(1, 10)]
+
+
+def test_pcie_ports_grow_above_2gi_and_stop_on_the_root_complex() -> None:
+    big = make()
+    big["spec"]["domain"]["resources"] = {"requests": {"memory": "4Gi"}}
+    # 16 - 4 in use = 12 free wanted (>= 6): 3 placeholders + 9 direct, + 4 + the spare
+    assert len(root_ports(devices_of(big))) == 17
+    flat = make()
+    flat["metadata"]["annotations"] = {"kubevirt.io/placePCIDevicesOnRootComplex": "true"}
+    assert root_ports(devices_of(flat)) == []
 
 
 def test_pcie_ports_count_usb_and_virtio_extras() -> None:
@@ -246,7 +259,7 @@ def test_pcie_port_numbers_follow_existing_pci_controllers(
         ET.SubElement(devices, "controller", type="pci", index="4", model="pcie-root-port")
 
     monkeypatch.setattr(storage, "build", storage_with_bridge)
-    assert root_ports(devices_of(make()))[1:] == [str(i) for i in range(5, 13)]
+    assert root_ports(devices_of(make()))[1:] == [str(i) for i in range(5, 14)]
 
 
 # --- console ----------------------------------------------------------------------------
