@@ -9,7 +9,11 @@ Matched KubeVirt behaviour
   MaxMemory, slots always 0: virtio-mem needs no DIMM slots), the boot memory in
   <memory>, and the pluggable memory as one virtio-mem device on NUMA node 0 (size
   maxGuest - guest, block 2 MiB, or 1 GiB with 1Gi hugepages; requested 0 at boot:
-  KubeVirt attaches the same device at start with the requested size). maxGuest equal to
+  KubeVirt attaches the same device at start with the requested size). With
+  status.memory.guestAtBoot below the guest memory (memory hot-plugged since the start),
+  the boot memory is guestAtBoot and virtio-mem requests the rest, as
+  SyncVirtualMachineMemory set it live (KubeVirt's BuildMemoryDevice), so a running
+  domain's re-sync keeps its layout. maxGuest equal to
   the guest memory is no hotplug, as in KubeVirt. The checks are virt-api's
   (ValidateLiveUpdateMemory): x86_64 only, guest memory set, at least 1 GiB, both
   aligned to the block size, maxGuest >= guest, not with realtime, NUMA passthrough or
@@ -67,10 +71,15 @@ class Hotplug:
     guest: int
     max_guest: int
     block: int
+    boot: int  # the memory the guest booted with (status.memory.guestAtBoot)
 
     @property
     def pluggable(self) -> int:
-        return self.max_guest - self.guest
+        return self.max_guest - self.boot
+
+    @property
+    def requested(self) -> int:
+        return self.guest - self.boot
 
 
 def hotplug(ctx: Context) -> Hotplug | None:
@@ -103,7 +112,20 @@ def hotplug(ctx: Context) -> Hotplug | None:
     for key, size in (("guest", guest), ("maxGuest", max_guest)):
         if size % block:
             memory.fail(f"must be {human(block)} aligned for memory hotplug", key)
-    return Hotplug(guest=guest, max_guest=max_guest, block=block)
+    return Hotplug(guest=guest, max_guest=max_guest, block=block,
+                   boot=_guest_at_boot(ctx, guest, block))
+
+
+def _guest_at_boot(ctx: Context, guest: int, block: int) -> int:
+    """status.memory.guestAtBoot: virt-controller's record of the boot memory (the guest
+    memory at the first start). The running domain's layout: boot memory in the NUMA cell,
+    the rest requested from virtio-mem (KubeVirt's BuildMemoryDevice); equal to the guest
+    memory at a start. One that cannot be the boot memory (above the guest memory, below
+    the minimum or not block aligned) is ignored."""
+    at_boot = ctx.vmi.obj("status").obj("memory").byte_size("guestAtBoot")
+    if at_boot is None or at_boot > guest or at_boot < HOTPLUG_MIN_GUEST or at_boot % block:
+        return guest
+    return at_boot
 
 
 def build(ctx: Context, dom: ET.Element) -> None:
@@ -113,6 +135,7 @@ def build(ctx: Context, dom: ET.Element) -> None:
     if plug is not None:
         sub(dom, "maxMemory", str(plug.max_guest), slots=str(ctx.opts.max_memory_slots),
             unit="b")
+        size = plug.boot
     sub(dom, "memory", str(size), unit="b")
     sub(dom, "currentMemory", str(size), unit="b")
     memory = ctx.domain_spec.obj("memory")
@@ -140,12 +163,13 @@ def numa_cell(ctx: Context, cpu_el: ET.Element, vcpus: int) -> None:
     plug = hotplug(ctx)
     if plug is None:
         return
-    sub(sub(cpu_el, "numa"), "cell", id="0", cpus=f"0-{vcpus - 1}", memory=str(plug.guest),
+    sub(sub(cpu_el, "numa"), "cell", id="0", cpus=f"0-{vcpus - 1}", memory=str(plug.boot),
         unit="b")
 
 
 def hotplug_device(ctx: Context, devices: ET.Element) -> None:
-    """The virtio-mem device holding the pluggable memory, nothing requested at boot."""
+    """The virtio-mem device holding the pluggable memory, requesting what the guest has
+    beyond its boot memory (nothing at a start)."""
     plug = hotplug(ctx)
     if plug is None:
         return
@@ -153,4 +177,4 @@ def hotplug_device(ctx: Context, devices: ET.Element) -> None:
     sub(target, "size", str(plug.pluggable), unit="b")
     sub(target, "node", "0")
     sub(target, "block", str(plug.block), unit="b")
-    sub(target, "requested", "0", unit="b")
+    sub(target, "requested", str(plug.requested), unit="b")

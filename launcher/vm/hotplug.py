@@ -222,6 +222,17 @@ def plan(live_xml: str, new_xml: str, hotplug_dir: str, *,
     refused: list[str] = []
     skipped: set[tuple[str, str]] = set()
 
+    def usable(dev: str, disk: ET.Element) -> bool:
+        """The disk's source is ready; else it is recorded as waiting or refused."""
+        try:
+            if ready(disk_source(disk), hotplug_dir, _volume(disk)):
+                return True
+            waiting.append(_disk_label(disk))
+        except DiskError as exc:
+            refused.append(f"{_disk_label(disk)}: {exc}")
+        skipped.add(("disk", dev))
+        return False
+
     live_disks = {_target_dev(d): d for d in _devices(live, "disk")}
     new_disks = {_target_dev(d): d for d in _devices(new, "disk")}
     for dev, disk in live_disks.items():
@@ -232,31 +243,15 @@ def plan(live_xml: str, new_xml: str, hotplug_dir: str, *,
         if (dev in live_disks or not is_hotplug_disk(disk, hotplug_dir)
                 or _bus(disk) not in HOTPLUG_BUSES or disk.get("device") == "cdrom"):
             continue
-        try:
-            if not ready(disk_source(disk), hotplug_dir, _volume(disk)):
-                waiting.append(_disk_label(disk))
-                skipped.add(("disk", dev))
-                continue
-        except DiskError as exc:
-            refused.append(f"{_disk_label(disk)}: {exc}")
-            skipped.add(("disk", dev))
+        if not usable(dev, disk):
             continue
         changes.append(Change("attach", "disk", dev, _disk_label(disk), _text(disk)))
     for dev, old in live_disks.items():
         update = _media_change(old, new_disks.get(dev), hotplug_dir)
         if update is None:
             continue
-        source = disk_source(update)
-        if source:
-            try:
-                if not ready(source, hotplug_dir, _volume(update)):
-                    waiting.append(_disk_label(update))
-                    skipped.add(("disk", dev))
-                    continue
-            except DiskError as exc:
-                refused.append(f"{_disk_label(update)}: {exc}")
-                skipped.add(("disk", dev))
-                continue
+        if disk_source(update) and not usable(dev, update):
+            continue
         changes.append(Change("update", "disk", dev, _disk_label(update), _text(update)))
 
     live_ifaces = {_alias(i): i for i in _devices(live, "interface") if _alias(i)}

@@ -60,6 +60,8 @@ from launcher.vm.xmldiff import (
     keep_root_ports,
     kubevirt_metadata,
     restart_needed,
+    with_parts,
+    with_virtio_mem_requested,
 )
 
 # A VMI in one of these phases ran already: its down domain is not started again (KubeVirt:
@@ -225,6 +227,12 @@ class Syncer:
             self._log.info("host devices synced", message=message)
             return message
 
+    def _running_changed(self, patch: Callable[[str], str]) -> None:
+        """Record a live change in what the running domain was started with (the base a
+        sync's restart report compares against)."""
+        if self._started is not None:
+            self._started = (self._started[0], patch(self._started[1]))
+
     def _running_domain(self) -> Any:
         dom = self._virconn().lookupByName(self.domain)
         if not dom.isActive():
@@ -247,6 +255,9 @@ class Syncer:
             if vcpu < count and cpuset:  # dedicated CPUs: KubeVirt pins the new vCPUs too
                 dom.pinVcpuFlags(vcpu, resources.cpu_map(cpuset),
                                  libvirt.VIR_DOMAIN_AFFECT_LIVE | libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+        # What runs now: a later sync must not report the vCPUs as waiting for a restart.
+        self._running_changed(lambda xml: with_parts(xml, dom.XMLDesc(XML_FLAGS),
+                                                     ("vcpu", "vcpus", "cputune")))
         return f"vCPUs {live_count} -> {count}"
 
     def _set_memory(self, vmi: Mapping[str, Any]) -> str:
@@ -258,6 +269,7 @@ class Syncer:
         if change is None:
             return "the guest memory is as requested already"
         dom.updateDeviceFlags(change.xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        self._running_changed(lambda xml: with_virtio_mem_requested(xml, change.requested))
         return (f"virtio-mem requested {change.requested_before // 2**20} MiB -> "
                 f"{change.requested // 2**20} MiB")
 

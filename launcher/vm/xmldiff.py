@@ -198,3 +198,30 @@ def keep_root_ports(new: str, live: str) -> str:
             port.remove(alias)  # libvirt's own name for it, not configuration
         devices.insert(at + i, port)
     return ET.tostring(root, encoding="unicode")
+
+
+def with_parts(xml: str, source: str, tags: tuple[str, ...]) -> str:
+    """`xml` with its top-level `tags` elements taken from `source` (what a live change
+    made of them), so a later comparison sees them as running."""
+    root, src = ET.fromstring(xml), ET.fromstring(source)
+    for tag in tags:
+        mine, theirs = root.find(tag), src.find(tag)
+        at = list(root).index(mine) if mine is not None else len(root)
+        if mine is not None:
+            root.remove(mine)
+        if theirs is not None:
+            root.insert(at, copy.deepcopy(theirs))
+    return ET.tostring(root, encoding="unicode")
+
+
+def with_virtio_mem_requested(xml: str, requested: int) -> str:
+    """`xml` with its virtio-mem device requesting `requested` bytes."""
+    root = ET.fromstring(xml)
+    target = next((d.find("target") for d in root.iterfind("devices/memory")
+                   if d.get("model") == "virtio-mem"), None)
+    if target is None:
+        return xml
+    for old in target.findall("requested"):
+        target.remove(old)
+    ET.SubElement(target, "requested", unit="b").text = str(requested)
+    return ET.tostring(root, encoding="unicode")

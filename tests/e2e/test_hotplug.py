@@ -349,6 +349,10 @@ def test_vcpu_and_memory_hotplug_reach_the_guest(
         resp.message
     grown = wait_guest(cmd, mem_total_mib, lambda m: m >= boot_total + 500,
                        "MemTotal grown by 512 MiB")
+    # virt-handler's periodic SyncVirtualMachine with the grown VMI: the memory runs as the
+    # VMI asks (guestAtBoot + virtio-mem), so nothing waits for a restart.
+    message = synced(inst, resized(doc, guest_mem="1536Mi"))
+    assert message == "no change", message
     resp = memory("1Gi")
     assert resp.success and resp.message == "virtio-mem requested 512 MiB -> 0 MiB", \
         resp.message
@@ -363,6 +367,8 @@ def test_vcpu_and_memory_hotplug_reach_the_guest(
     resp = vcpus(2)
     assert resp.success and resp.message == "vCPUs 1 -> 2", resp.message
     wait_guest(cmd, online_cpus, lambda c: c == "0-1", "two CPUs online in the guest")
+    message = synced(inst, resized(doc, sockets=2))
+    assert message == "no change", message
     resp = vcpus(3)
     assert not resp.success and "spec.domain.cpu.maxSockets" in resp.message, resp.message
     assert online_cpus(cmd) == "0-1"

@@ -14,7 +14,13 @@ import pytest
 
 from launcher.vm import hostdevices, hotplug, resources
 from launcher.vm.disks import DiskError
-from launcher.vm.xmldiff import keep_addresses, keep_root_ports, restart_needed
+from launcher.vm.xmldiff import (
+    keep_addresses,
+    keep_root_ports,
+    restart_needed,
+    with_parts,
+    with_virtio_mem_requested,
+)
 
 HP = "/var/run/kubevirt/hotplug-disks"
 
@@ -384,3 +390,18 @@ def test_a_device_that_changed_bus_gets_a_new_address() -> None:
     new = ("<domain><devices><disk type='file' device='disk'><target dev='sda' bus='scsi'/>"
            "<alias name='ua-d'/></disk></devices></domain>")
     assert keep_addresses(new, live) == new
+
+
+def test_live_cpu_and_memory_changes_update_the_running_base() -> None:
+    started = ("<domain><vcpu current='1'>2</vcpu><memory>1</memory><devices>"
+               "<memory model='virtio-mem'><target><requested unit='KiB'>0</requested>"
+               "</target></memory></devices></domain>")
+    persistent = "<domain><vcpu current='2'>2</vcpu><vcpus><vcpu id='0'/></vcpus></domain>"
+    after = ET.fromstring(with_parts(started, persistent, ("vcpu", "vcpus")))
+    assert find(after, "vcpu").get("current") == "2" and after.find("vcpus") is not None
+    assert [c.tag for c in after][:2] == ["vcpu", "memory"]
+    mem = ET.fromstring(with_virtio_mem_requested(started, 512 * 2**20))
+    requested = find(mem, "devices/memory/target/requested")
+    assert (requested.text, requested.get("unit")) == (str(512 * 2**20), "b")
+    assert restart_needed(with_virtio_mem_requested(started, 2**20), started) == [
+        "devices/memory"]

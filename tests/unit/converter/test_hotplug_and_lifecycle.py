@@ -77,6 +77,26 @@ def test_max_guest_gives_max_memory_numa_and_virtio_mem() -> None:
     assert device.findtext("requested") == "0"
 
 
+@pytest.mark.parametrize(("at_boot", "boot", "requested"), [
+    ("1Gi", 2**30, 512 * 2**20),  # 512Mi hot-plugged since the start
+    ("1536Mi", 1536 * 2**20, 0),  # a start: guestAtBoot is the guest memory
+    ("2Gi", 1536 * 2**20, 0),  # cannot be the boot memory (above the guest): ignored
+    ("1025Mi", 1536 * 2**20, 0),  # not block aligned: ignored
+])
+def test_guest_at_boot_keeps_the_running_layout(at_boot: str, boot: int,
+                                                requested: int) -> None:
+    doc = make(memory={"guest": "1536Mi", "maxGuest": "2Gi"})
+    doc["status"] = {"memory": {"guestAtBoot": at_boot}}
+    root = support.tree(doc)
+    assert root.findtext("memory") == str(boot)
+    cell = root.find("cpu/numa/cell")
+    assert cell is not None and cell.get("memory") == str(boot)
+    device = root.find("devices/memory[@model='virtio-mem']/target")
+    assert device is not None
+    assert device.findtext("size") == str(2 * 2**30 - boot)
+    assert device.findtext("requested") == str(requested)
+
+
 def test_max_guest_equal_to_guest_is_no_hotplug() -> None:
     root = support.tree(make(memory={"guest": "1Gi", "maxGuest": "1Gi"}))
     assert root.find("maxMemory") is None and root.find("devices/memory") is None
