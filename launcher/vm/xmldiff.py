@@ -27,6 +27,14 @@ def _without_stats(balloon: ET.Element) -> ET.Element:
     return balloon
 
 
+def _without_order(vcpus: ET.Element) -> ET.Element:
+    vcpus = copy.deepcopy(vcpus)
+    for vcpu in vcpus:
+        vcpu.attrib.pop("order", None)
+        vcpu.attrib.pop("hotpluggable", None)
+    return vcpus
+
+
 def _without_link(iface: ET.Element) -> ET.Element:
     iface = copy.deepcopy(iface)
     for link in iface.findall("link"):
@@ -55,7 +63,11 @@ def _parts(xml: str, live_managed: frozenset[str] = frozenset()) -> dict[str, li
         if child.tag in LIVE_PARTS:
             continue
         if child.tag != "devices":
-            parts.setdefault(child.tag, []).append(canonical(child))
+            # <vcpus>: which vCPUs are enabled is what counts. order (the order they were
+            # plugged in) and hotpluggable (libvirt turns it off for a vCPU enabled in the
+            # configuration by SetVcpusFlags) follow from how the count was reached.
+            kept = _without_order(child) if child.tag == "vcpus" else child
+            parts.setdefault(child.tag, []).append(canonical(kept))
             continue
         for dev in child:
             if device_key(dev) in live_managed:
@@ -223,5 +235,6 @@ def with_virtio_mem_requested(xml: str, requested: int) -> str:
         return xml
     for old in target.findall("requested"):
         target.remove(old)
-    ET.SubElement(target, "requested", unit="b").text = str(requested)
+    # As libvirt renders it (KiB), so the comparison with its own XML holds.
+    ET.SubElement(target, "requested", unit="KiB").text = str(requested // 1024)
     return ET.tostring(root, encoding="unicode")

@@ -402,6 +402,6 @@ def test_live_cpu_and_memory_changes_update_the_running_base() -> None:
     assert [c.tag for c in after][:2] == ["vcpu", "memory"]
     mem = ET.fromstring(with_virtio_mem_requested(started, 512 * 2**20))
     requested = find(mem, "devices/memory/target/requested")
-    assert (requested.text, requested.get("unit")) == (str(512 * 2**20), "b")
+    assert (requested.text, requested.get("unit")) == (str(512 * 1024), "KiB")
     assert restart_needed(with_virtio_mem_requested(started, 2**20), started) == [
         "devices/memory"]
