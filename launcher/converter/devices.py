@@ -47,9 +47,11 @@ Deliberate differences
 - No <mac> unless macAddress is set (libvirt generates one); KubeVirt copies the pod
   interface's MAC at run time.
 - Inputs may be keyboards as well as tablets; video vram only for models that use it.
-- sriov, macvtap, passt, other binding plugins, multus networks, sound, hostDevices, gpus,
-  filesystems, downwardMetrics, clientPassthrough and persistent TPM fail the conversion
-  ("not supported by this launcher"): nothing in a standalone pod provides them.
+- macvtap, passt, other binding plugins, a Multus default network, sound, hostDevices,
+  gpus, filesystems, downwardMetrics, clientPassthrough and persistent TPM fail the
+  conversion ("not supported by this launcher"): nothing in a standalone pod provides
+  them. Secondary Multus networks take the bridge binding (a tap virt-handler creates) or
+  sriov (a PCI <hostdev> on the VF the launcher found in the pod's network-info).
 """
 
 from __future__ import annotations
@@ -191,7 +193,7 @@ def _takes_root_port(dev: ET.Element) -> bool:
     # devices (the watchdog) share a pcie-to-pci-bridge, which takes one port.
     if tag == "memory":
         return dev.get("model") == "virtio-mem"
-    return tag in ("interface", "rng", "vsock", "watchdog")
+    return tag in ("interface", "rng", "vsock", "watchdog", "hostdev")
 
 
 def _hotplug_root_ports(b: Build, interface_count: int) -> None:

@@ -344,7 +344,8 @@ FIELDS: tuple[Field, ...] = (
     _h(f"{IFACE}.bridge", "<interface type='ethernet'> on tap0, managed='no'"),
     _h(f"{IFACE}.slirp", "<interface type='user'> (a standalone pod may have no tap)"),
     _h(f"{IFACE}.masquerade", "<interface type='ethernet'> on tap0, managed='no'"),
-    _r(f"{IFACE}.sriov", "needs SR-IOV VFs a standalone pod does not have"),
+    _h(f"{IFACE}.sriov", "a PCI <hostdev> on the VF the pod's network-info names (secondary "
+                         "networks; left out until Multus reports it)"),
     _r(f"{IFACE}.macvtap", "needs a macvtap device plugin"),
     _r(f"{IFACE}.passt", "needs the passt binary and its sidecar setup"),
     _r(f"{IFACE}.passtBinding", "needs the passt binary and its sidecar setup"),

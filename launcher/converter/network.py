@@ -20,7 +20,8 @@ DEFAULT_NETWORK = "default"  # name KubeVirt's webhook gives the auto-attached i
 MULTIQUEUE_MAX = 256  # KubeVirt's MultiQueueMaxQueues: the tap device's queue limit
 NIC_MODELS = ("virtio", "e1000", "e1000e", "rtl8139", "pcnet", "ne2k_pci")
 TAP_ATTACHMENTS = ("tap", "managedTap")
-UNSUPPORTED_BINDINGS = ("sriov", "macvtap", "passt", "passtBinding")
+UNSUPPORTED_BINDINGS = ("macvtap", "passt", "passtBinding")
+SRIOV_ALIAS = "sriov-"  # KubeVirt's deviceinfo.SRIOVAliasPrefix
 MAC_RE = re.compile(r"[0-9A-Fa-f]{2}([:-])[0-9A-Fa-f]{2}(?:\1[0-9A-Fa-f]{2}){4}")
 PCI_RE = re.compile(r"([0-9A-Fa-f]{4}):([0-9A-Fa-f]{2}):([0-9A-Fa-f]{2})\.([0-7])")
 
@@ -72,7 +73,7 @@ def _networks(ctx: Context) -> dict[str, Node]:
 
 def _binding(iface: Node) -> str:
     """The interface's one binding method."""
-    methods = [key for key in ("bridge", "masquerade", "slirp", "binding",
+    methods = [key for key in ("bridge", "masquerade", "slirp", "binding", "sriov",
                                *UNSUPPORTED_BINDINGS) if iface.has(key)]
     if not methods:
         iface.fail("no binding method (expected one of: bridge, masquerade, slirp)")
@@ -117,10 +118,13 @@ def build(b: Build) -> int:
         if name not in networks:
             iface.fail(f"no network named {q(name)} in spec.networks", "name")
         method = _binding(iface)
-        if networks[name].has("multus") and method != "bridge":
+        if networks[name].has("multus") and method not in ("bridge", "sriov"):
             # KubeVirt's admitter: masquerade and slirp serve the pod network only.
-            iface.fail(f"a secondary (Multus) network takes the bridge binding, not "
-                       f"{method}", method)
+            iface.fail(f"a secondary (Multus) network takes the bridge or sriov binding, "
+                       f"not {method}", method)
+        if method == "sriov" and not networks[name].has("multus"):
+            iface.fail("the sriov binding needs a secondary (Multus) network: the VF is "
+                       "the device plugin's, not the pod network's", "sriov")
         if iface.has("dhcpOptions"):
             # KubeVirt's launcher serves them from the DHCP server it runs for bridge and
             # masquerade bindings; this launcher runs none, so they would be lost.
@@ -130,6 +134,9 @@ def build(b: Build) -> int:
             continue  # being hot-unplugged: KubeVirt leaves it out of the domain
         if method == "binding":
             _plugin_attachment(b.ctx, iface, name)
+        if method == "sriov":
+            _sriov(b, iface, name)
+            continue
         _interface(b, iface, method, networks[name])
     for name, net in networks.items():
         if name not in used:
@@ -170,6 +177,43 @@ def _interface(b: Build, iface: Node, method: str, network: Node | None = None) 
     if address is not None:
         ET.SubElement(el, "address", address)
     b.alias(el, name, iface.path)
+
+
+def sriov_hostdev(name: str, host_pci: str, guest_pci: dict[str, str] | None = None,
+                  boot_order: int | None = None) -> ET.Element:
+    """The <hostdev> of an SR-IOV interface's VF (KubeVirt's sriov.CreateHostDevices):
+    host address `host_pci` (DDDD:BB:SS.F), the interface's guest PCI address and boot
+    order, alias ua-sriov-<name>."""
+    m = PCI_RE.fullmatch(host_pci)
+    if m is None:
+        raise ValueError(f"{host_pci!r} is not a PCI address (expected DDDD:BB:SS.F)")
+    dev = ET.Element("hostdev", mode="subsystem", type="pci", managed="no")
+    domain, bus, slot, function = (g.lower() for g in m.groups())
+    ET.SubElement(ET.SubElement(dev, "source"), "address", domain=f"0x{domain}",
+                  bus=f"0x{bus}", slot=f"0x{slot}", function=f"0x{function}")
+    if boot_order is not None:
+        ET.SubElement(dev, "boot", order=str(boot_order))
+    if guest_pci is not None:
+        ET.SubElement(dev, "address", guest_pci)
+    ET.SubElement(dev, "alias", name=f"ua-{SRIOV_ALIAS}{name}")
+    return dev
+
+
+def _sriov(b: Build, iface: Node, name: str) -> None:
+    """An SR-IOV interface is a PCI host device, once the launcher found its VF in the pod
+    (ConvertOptions.sriov_addresses); until then it is left out, as KubeVirt does."""
+    guest_pci = _pci_address(iface, "pciAddress")
+    order = iface.int("bootOrder", minimum=1, maximum=UINT32_MAX)
+    host_pci = b.ctx.opts.sriov_addresses.get(name)
+    if host_pci is None:
+        return
+    if order is not None and any(boot.get("order") == str(order) for boot in b.el.iter("boot")):
+        iface.fail(f"boot order {order} is already used by another device", "bootOrder")
+    try:
+        dev = sriov_hostdev(name, host_pci, guest_pci, order)
+    except ValueError as exc:
+        iface.fail(f"the pod's VF address: {exc}", "sriov")
+    b.el.append(dev)
 
 
 def _mac(iface: Node) -> str | None:

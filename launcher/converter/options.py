@@ -81,6 +81,11 @@ class ConvertOptions:
     hotplug_block_volumes: frozenset[str] = frozenset()
     disks_info: Mapping[str, DiskInfo] = field(default_factory=dict)
     preallocated_volumes: frozenset[str] = frozenset()
+    # SR-IOV: interface name -> the host PCI address of its VF in the pod (the launcher
+    # reads the pod's network-info for the interfaces Multus reports and checks that the
+    # device is there: launcher.vm.hostdevices). An SR-IOV interface not listed is left
+    # out, as KubeVirt does; HotplugHostDevices attaches it once it is reported.
+    sriov_addresses: Mapping[str, str] = field(default_factory=dict)
     # interface name -> "tap" | "managedTap" (virt-handler's pod network setup)
     interface_attachment: Mapping[str, str] = field(default_factory=dict)
     # The pod's exclusive host CPUs (its cgroup cpuset, KubeVirt's ConverterContext.CPUSet):

@@ -8,8 +8,9 @@ device/hostdevice/sriov/hostdev.go).
   (/etc/podinfo/network-info: {"interfaces": [{"network": NAME, "deviceInfo": {"pci":
   {"pci-address": ...}}}]}); KubeVirt polls it up to 1 s until it is not empty.
 - Each one not in the domain yet (by alias "ua-sriov-<name>") is attached as a PCI
-  <hostdev> (managed='no', the guest PCI address and boot order from the interface),
-  LIVE and CONFIG.
+  <hostdev> (managed='no', the guest PCI address and boot order from the interface; the
+  converter's launcher.converter.network.sriov_hostdev), LIVE and CONFIG. At a start the
+  same addresses go to the converter (`addresses`).
 Beyond KubeVirt: its rpc answers at once and logs a failure; here the checks run before
 the answer, so virt-handler learns which device is missing: a network without an address
 in network-info, an address that is malformed, or a device that is not present in the pod
@@ -27,7 +28,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-SRIOV_ALIAS = "sriov-"  # KubeVirt's deviceinfo.SRIOVAliasPrefix
+from launcher.converter.network import SRIOV_ALIAS, sriov_hostdev
+
 USER_ALIAS = "ua-"
 MULTUS_STATUS = "multus-status"
 PCI_DEVICES = "/sys/bus/pci/devices"
@@ -103,51 +105,59 @@ def attached_aliases(live_xml: str) -> set[str]:
             ET.fromstring(live_xml).iterfind("devices/hostdev/alias")}
 
 
-def to_attach(vmi: Mapping[str, Any], live_xml: str, network_info: str, *,
-              pci_devices: str = PCI_DEVICES,
-              wait_s: float = NETWORK_INFO_WAIT_S) -> list[HostDevice]:
-    """The SR-IOV host devices the domain lacks, checked. Raises HostDeviceError naming
-    the interface (and its spec path) that cannot be attached."""
-    ifaces = sriov_interfaces(vmi)
-    attached = attached_aliases(live_xml)
-    missing = [(i, iface) for i, iface in ifaces
-               if USER_ALIAS + SRIOV_ALIAS + str(iface["name"]) not in attached]
-    if not missing:
-        return []
-    addresses = read_network_info(network_info, wait_s)
-    devices = []
-    for i, iface in missing:
+def addresses(vmi: Mapping[str, Any], network_info: str, *,
+              only: frozenset[str] | None = None, pci_devices: str = PCI_DEVICES,
+              wait_s: float = NETWORK_INFO_WAIT_S) -> dict[str, str]:
+    """interface name -> host PCI address of the VF, for the SR-IOV interfaces Multus
+    reports (those in `only`, when given), each checked to be in the pod. Raises
+    HostDeviceError naming the interface (and its spec path) that cannot have one."""
+    wanted = [(i, iface) for i, iface in sriov_interfaces(vmi)
+              if only is None or str(iface["name"]) in only]
+    if not wanted:
+        return {}
+    mapping = read_network_info(network_info, wait_s)
+    found = {}
+    for i, iface in wanted:
         name = str(iface["name"])
         where = f"spec.domain.devices.interfaces[{i}] ({name})"
-        address = addresses.get(name)
+        address = mapping.get(name)
         if address is None:
             raise HostDeviceError(f"{where}: PCI address for SR-IOV network {name!r} not "
                                   f"found in {network_info}")
-        match = PCI_RE.fullmatch(address)
-        if match is None:
+        if PCI_RE.fullmatch(address) is None:
             raise HostDeviceError(f"{where}: PCI address {address!r} in {network_info} is "
                                   "not of the form 0000:00:00.0")
         if not os.path.exists(os.path.join(pci_devices, address.lower())):
             raise HostDeviceError(f"{where}: PCI device {address} is not present in the pod "
                                   f"({os.path.join(pci_devices, address.lower())} does not "
                                   "exist)")
-        devices.append(HostDevice(name, address, _hostdev_xml(name, match, iface)))
-    return devices
+        found[name] = address
+    return found
 
 
-def _hostdev_xml(name: str, pci: re.Match[str], iface: Mapping[str, Any]) -> str:
-    dev = ET.Element("hostdev", mode="subsystem", type="pci", managed="no")
-    source = ET.SubElement(dev, "source")
-    domain, bus, slot, function = pci.groups()
-    ET.SubElement(source, "address", domain=f"0x{domain}", bus=f"0x{bus}",
-                  slot=f"0x{slot}", function=f"0x{function}")
-    boot = iface.get("bootOrder")
-    if isinstance(boot, int) and boot > 0:
-        ET.SubElement(dev, "boot", order=str(boot))
+def to_attach(vmi: Mapping[str, Any], live_xml: str, network_info: str, *,
+              pci_devices: str = PCI_DEVICES,
+              wait_s: float = NETWORK_INFO_WAIT_S) -> list[HostDevice]:
+    """The SR-IOV host devices the domain lacks, checked (see `addresses`)."""
+    attached = attached_aliases(live_xml)
+    ifaces = {str(iface["name"]): iface for _, iface in sriov_interfaces(vmi)}
+    missing = frozenset(name for name in ifaces
+                        if USER_ALIAS + SRIOV_ALIAS + name not in attached)
+    if not missing:
+        return []
+    found = addresses(vmi, network_info, only=missing, pci_devices=pci_devices,
+                      wait_s=wait_s)
+    return [HostDevice(name, pci, _hostdev_xml(name, pci, ifaces[name]))
+            for name, pci in found.items()]
+
+
+def _hostdev_xml(name: str, pci: str, iface: Mapping[str, Any]) -> str:
     guest = iface.get("pciAddress")
+    guest_pci = None
     if isinstance(guest, str) and (g := PCI_RE.fullmatch(guest)) is not None:
-        gd, gb, gs, gf = g.groups()
-        ET.SubElement(dev, "address", type="pci", domain=f"0x{gd}", bus=f"0x{gb}",
-                      slot=f"0x{gs}", function=f"0x{gf}")
-    ET.SubElement(dev, "alias", name=USER_ALIAS + SRIOV_ALIAS + name)
-    return ET.tostring(dev, encoding="unicode")
+        gd, gb, gs, gf = (x.lower() for x in g.groups())
+        guest_pci = {"type": "pci", "domain": f"0x{gd}", "bus": f"0x{gb}",
+                     "slot": f"0x{gs}", "function": f"0x{gf}"}
+    boot = iface.get("bootOrder")
+    order = boot if isinstance(boot, int) and boot > 0 else None
+    return ET.tostring(sriov_hostdev(name, pci, guest_pci, order), encoding="unicode")

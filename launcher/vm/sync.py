@@ -190,7 +190,9 @@ class Syncer:
             if not self._accepting():
                 raise SyncAborted("the launcher is shutting down; not preparing a target")
             await self._hooks_ready()
-            conversion = await self._convert_vmi(vmi, options)
+            # No SR-IOV VFs on a target, as KubeVirt: they are attached after the migration
+            # (HotplugHostDevices); the domain XML comes from the source.
+            conversion = await self._convert_vmi(vmi, options, host_devices=False)
             if (too_long := agent_socket_too_long(self.paths, self.domain)) is not None:
                 raise SyncError(too_long)
             conversion = await self._pre_cloud_init_iso(conversion, vmi)
@@ -296,7 +298,8 @@ class Syncer:
         current = await self._libvirt("reading the domain", self._inspect)
         return await self._sync_converted(vmi, conversion, current)
 
-    async def _convert_vmi(self, vmi: Mapping[str, Any], options: Any | None) -> Conversion:
+    async def _convert_vmi(self, vmi: Mapping[str, Any], options: Any | None, *,
+                           host_devices: bool = True) -> Conversion:
         kvm_error: SyncError | None = None
         try:
             emulation = use_emulation(self.opts.allow_emulation, await self._kvm())
@@ -311,9 +314,12 @@ class Syncer:
         try:
             # In a worker thread: a large VMI's conversion must not hold up Ping and the
             # relay on the loop (the GIL still switches every few milliseconds).
-            conversion = await asyncio.to_thread(self._probe_and_convert, vmi, conv_opts)
+            conversion = await asyncio.to_thread(self._probe_and_convert, vmi, conv_opts,
+                                                 host_devices)
         except ConversionError as exc:
             raise SyncError(str(exc), exc.path) from None
+        except hostdevices.HostDeviceError as exc:
+            raise SyncError(str(exc)) from None
         if kvm_error is not None:
             raise kvm_error
         if conversion.name != self.domain:  # launcher.cmd.vmi refused this already
@@ -398,13 +404,18 @@ class Syncer:
             self._log.info("the launcher is shutting down; sync stopped", before=step)
             raise SyncAborted(f"the launcher is shutting down; stopped before {step}")
 
-    def _probe_and_convert(self, vmi: Mapping[str, Any], opts: ConvertOptions) -> Conversion:
+    def _probe_and_convert(self, vmi: Mapping[str, Any], opts: ConvertOptions,
+                           host_devices: bool = True) -> Conversion:
         """The block-mode volumes found in the pod (KubeVirt's isBlockDeviceVolume: the
         converter stays pure and takes them as input), then the conversion."""
         block = disks.block_volumes(vmi, opts.block_device_dir)
         hotplug_block = disks.block_volumes(vmi, opts.hotplug_disk_dir)
+        # SR-IOV VFs Multus reports, checked to be in the pod (KubeVirt's CreateHostDevices)
+        sriov = (hostdevices.addresses(vmi, self.paths.network_info) if host_devices
+                 else {})
         return self._convert(vmi, replace(opts, block_volumes=block,
-                                          hotplug_block_volumes=hotplug_block))
+                                          hotplug_block_volumes=hotplug_block,
+                                          sriov_addresses=sriov))
 
     async def _prepare_disks(self, preps: Sequence[Prep], uid: str) -> None:
         def run() -> None:

@@ -52,8 +52,6 @@ REFUSED = {
                                          "virtiofs (needs virt-handler's virtiofsd)"),
     "vmi-dra-pgpu.json": ("spec.domain.devices.gpus", "GPU"),
     "vmi-gpu.json": ("spec.domain.devices.gpus", "GPU"),
-    "vmi-sriov.json": ("spec.domain.devices.interfaces[1].sriov",
-                       "the SR-IOV binding (a PCI host device at start)"),
     "vmi-usb.json": ("spec.domain.devices.hostDevices", "host USB devices"),
 }
 

@@ -6,6 +6,7 @@ that fails, and the roll-back that must follow)."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import os
 import xml.etree.ElementTree as ET
@@ -568,3 +569,25 @@ def test_a_stop_during_the_disk_preparation_starts_nothing(tmp_path: Path) -> No
     # and once stopping, nothing is even prepared
     with pytest.raises(SyncAborted, match="not syncing the VMI"):
         run(s.sync(VMI_DOC))
+
+
+def test_a_start_with_an_sriov_vf_missing_from_the_pod_is_refused_naming_it(
+    tmp_path: Path,
+) -> None:
+    """KubeVirt's CreateHostDevices at a start: the SR-IOV interfaces Multus reports need
+    their VF in the pod's network-info and in the pod; otherwise nothing is started."""
+    conn = FakeConn()
+    prepared: list[Sequence[Prep]] = []
+    s = syncer(conn, prepared=prepared, tmp=tmp_path)
+    doc: dict[str, Any] = copy.deepcopy(VMI_DOC)
+    doc["spec"]["domain"]["devices"]["interfaces"] = [{"name": "vf", "sriov": {}}]
+    doc["status"] = {"interfaces": [{"name": "vf", "infoSource": "multus-status"}]}
+    info = Path(s.paths.network_info)
+    info.parent.mkdir(parents=True)
+    info.write_text(json.dumps({"interfaces": [
+        {"network": "vf", "deviceInfo": {"pci": {"pci-address": "0000:ff:1f.7"}}}]}))
+    with pytest.raises(SyncError) as err:
+        run(s.sync(doc))
+    assert "spec.domain.devices.interfaces[0] (vf): PCI device 0000:ff:1f.7 is not present " \
+        "in the pod" in str(err.value)
+    assert (prepared, conn.defined) == ([], [])

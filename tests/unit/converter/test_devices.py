@@ -436,7 +436,7 @@ REFUSALS: list[tuple[str, dict[str, Any], str, str]] = [
      "spec.networks[0].multus.default", "not supported by this launcher"),
     ("multus-masquerade", make({"interfaces": [{"name": "m", "masquerade": {}}]},
                                networks=[{"name": "m", "multus": {"networkName": "n"}}]),
-     "spec.domain.devices.interfaces[0].masquerade", "bridge binding"),
+     "spec.domain.devices.interfaces[0].masquerade", "bridge or sriov binding"),
     ("multus-without-nad", make({"interfaces": [{"name": "m", "bridge": {}}]},
                                 networks=[{"name": "m", "multus": {}}]),
      "spec.networks[0].multus.networkName", "required"),
@@ -445,8 +445,8 @@ REFUSALS: list[tuple[str, dict[str, Any], str, str]] = [
     ("duplicate-network", make(networks=[*POD, *POD]), "spec.networks[1].name", "duplicate"),
     ("nic-model", _bad_iface(model="e1000x"), "spec.domain.devices.interfaces[0].model",
      'expected one of: virtio, e1000, e1000e, rtl8139, pcnet, ne2k_pci'),
-    ("sriov", _bad_iface(sriov={}, bridge=None), "spec.domain.devices.interfaces[0].sriov",
-     "not supported by this launcher"),
+    ("sriov-on-pod-network", _bad_iface(sriov={}, bridge=None),
+     "spec.domain.devices.interfaces[0].sriov", "needs a secondary (Multus) network"),
     ("macvtap", _bad_iface(macvtap={}, bridge=None),
      "spec.domain.devices.interfaces[0].macvtap", "not supported by this launcher"),
     ("passt", _bad_iface(passt={}, bridge=None), "spec.domain.devices.interfaces[0].passt",
@@ -543,3 +543,32 @@ def test_interface_boot_order_clashing_with_a_disk(monkeypatch: pytest.MonkeyPat
     error = refusal(with_iface(bootOrder=1))
     assert error.path == "spec.domain.devices.interfaces[0].bootOrder"
     assert "already used" in error.reason
+
+
+# --- SR-IOV -----------------------------------------------------------------------------
+SRIOV_NETS = [*POD, {"name": "vf", "multus": {"networkName": "sriov-nad"}}]
+SRIOV_IFACES = [{"name": "default", "masquerade": {}},
+                {"name": "vf", "sriov": {}, "pciAddress": "0000:0a:00.0", "bootOrder": 7}]
+
+
+def test_sriov_interface_is_a_hostdev_once_its_vf_is_found() -> None:
+    doc = make({"interfaces": SRIOV_IFACES}, networks=SRIOV_NETS)
+    # Not reported yet (no address): left out, as KubeVirt; HotplugHostDevices adds it.
+    devices = devices_of(doc)
+    assert devices.find("hostdev") is None
+    assert len(devices.findall("interface")) == 1
+    found = devices_of(doc, ConvertOptions(sriov_addresses={"vf": "0000:81:00.2"}))
+    hostdev = one(found, "hostdev")
+    assert (hostdev.get("type"), hostdev.get("managed")) == ("pci", "no")
+    assert one(hostdev, "source/address").attrib == {
+        "domain": "0x0000", "bus": "0x81", "slot": "0x00", "function": "0x2"}
+    assert one(hostdev, "address").get("bus") == "0x0a"
+    assert one(hostdev, "boot").get("order") == "7"
+    assert one(hostdev, "alias").get("name") == "ua-sriov-vf"
+
+
+def test_sriov_with_a_malformed_vf_address_names_the_interface() -> None:
+    doc = make({"interfaces": SRIOV_IFACES}, networks=SRIOV_NETS)
+    with pytest.raises(ConversionError) as err:
+        convert(doc, ConvertOptions(sriov_addresses={"vf": "81:00.2"}))
+    assert err.value.path == "spec.domain.devices.interfaces[1].sriov"

@@ -98,6 +98,9 @@ _BRIDGE: list[dict[str, Any]] = [{"name": "default", "bridge": {}}]
 MULTUS_CTX: dict[str, Any] = {"spec.networks[]": [{"name": "default"}], f"{IFACE}": _BRIDGE}
 MULTUS_NAD_CTX: dict[str, Any] = {"spec.networks[]": [{"name": "default", "multus": {}}],
                                   f"{IFACE}": _BRIDGE}
+SRIOV_CTX: dict[str, Any] = {
+    "spec.networks[]": [{"name": "default", "multus": {"networkName": "n"}}],
+    f"{IFACE}": [{"name": "default"}]}
 MULTUS_DEFAULT_CTX: dict[str, Any] = {
     "spec.networks[]": [{"name": "default", "multus": {"networkName": "n"}}],
     f"{IFACE}": _BRIDGE}
@@ -122,6 +125,7 @@ CASES: dict[str, Case] = {
     "spec.networks[].pod.vmNetworkCIDR": _case("10.10.10.0/24"),
     "spec.networks[].pod.vmIPv6NetworkCIDR": _case("fd10::/120"),
     "spec.networks[].multus": _case({"networkName": "n"}, **MULTUS_CTX),
+    f"{IFACE}.sriov": _case({}, **SRIOV_CTX),
     "spec.networks[].multus.networkName": _case("net", **MULTUS_NAD_CTX),
     "spec.networks[].multus.default": _case(True, **MULTUS_DEFAULT_CTX),
     "spec.networks[].resourceClaim.claimName": _case("claim"),
