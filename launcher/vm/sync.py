@@ -224,8 +224,17 @@ class Syncer:
     async def hotplug_host_devices(self, vmi: Mapping[str, Any]) -> str:
         """HotplugHostDevices (launcher.vm.hostdevices). Raises SyncError."""
         async with self._lock:
+            live_xml: str = await self._libvirt(
+                "reading the domain", lambda: self._running_domain().XMLDesc(0))
+            try:
+                # File reads and network-info's poll (up to 1 s) in a worker thread, not
+                # in the libvirt connection's executor, which other rpcs wait on.
+                devices = await asyncio.to_thread(hostdevices.to_attach, vmi, live_xml,
+                                                  self.paths.network_info)
+            except hostdevices.HostDeviceError as exc:
+                raise SyncError(str(exc)) from None
             message: str = await self._libvirt("hot-plugging host devices",
-                                               self._attach_host_devices, vmi)
+                                               self._attach_host_devices, devices)
             self._log.info("host devices synced", message=message)
             return message
 
@@ -275,12 +284,8 @@ class Syncer:
         return (f"virtio-mem requested {change.requested_before // 2**20} MiB -> "
                 f"{change.requested // 2**20} MiB")
 
-    def _attach_host_devices(self, vmi: Mapping[str, Any]) -> str:
+    def _attach_host_devices(self, devices: list[hostdevices.HostDevice]) -> str:
         dom = self._running_domain()
-        try:
-            devices = hostdevices.to_attach(vmi, dom.XMLDesc(0), self.paths.network_info)
-        except hostdevices.HostDeviceError as exc:
-            raise SyncError(str(exc)) from None
         for device in devices:
             try:
                 dom.attachDeviceFlags(device.xml, libvirt.VIR_DOMAIN_AFFECT_LIVE
